@@ -1,0 +1,32 @@
+"""The ``palix`` command: one subcommand per job. Each subcommand lives in its own module."""
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Modules are imported only when their command runs, so
+# ``palix params`` never pulls in TensorFlow.
+SUBCOMMANDS = {
+    "params": ("palix.cli.params", "parameter counts and forward FLOPs of a gin-configured model"),
+    "demo": ("palix.cli.demo", "the end-to-end demo (make demo)"),
+}
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="palix", description="PaLI-X-style models in JAX/Flax")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name, (_, help_text) in SUBCOMMANDS.items():
+    sub.add_parser(name, help=help_text, add_help=False)
+  if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    parser.print_help()
+    if argv and argv[0] not in ("-h", "--help"):
+      print(f"\npalix: unknown command {argv[0]!r}", file=sys.stderr)
+      return 2
+    return 0
+  module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+  return module.run(argv[1:])
+
+
+if __name__ == "__main__":
+  sys.exit(main())

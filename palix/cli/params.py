@@ -1,0 +1,56 @@
+"""``palix params --gin_file=F [--gin.X=V ...]``: parameter counts and forward FLOPs, abstractly.
+
+The gin files must define the ``MODEL`` macro (every file under ``gin/models/`` does). The model is
+traced with ``jax.eval_shape`` / ``jax.make_jaxpr``; nothing is allocated, so the 55B pairing runs
+on a laptop. The last line is ``total_params: N``.
+"""
+
+import argparse
+
+import gin
+import jax
+
+from palix import config as palix_config
+from palix import model_stats
+
+
+@gin.configurable
+def model_summary(model=gin.REQUIRED, batch_size: int = 1):
+  """Returns ``(params by top-level module, total params, forward FLOPs per example)``."""
+  inputs = model.example_inputs(batch_size)
+  shapes = model_stats.param_shapes(model.module, inputs)
+  by_module = model_stats.params_by_top_level_module(shapes)
+  flops = model_stats.forward_flops(lambda p, x: model.module.apply({"params": p}, **x), shapes,
+                                    inputs)
+  return by_module, model_stats.count_params(shapes), flops // batch_size
+
+
+def format_summary(by_module, total, flops) -> str:
+  width = max([len(k) for k in by_module] + [6])
+  lines = [f"{'module'.ljust(width)}  {'params':>18}  share"]
+  for name, count in by_module.items():
+    lines.append(f"{name.ljust(width)}  {count:>18,}  {100 * count / max(total, 1):5.1f}%")
+  lines.append(f"forward_flops_per_example: {flops:.4g}")
+  lines.append(f"total_params_billions: {total / 1e9:.3f}")
+  lines.append(f"total_params: {total}")
+  return "\n".join(lines)
+
+
+def run(argv):
+  bindings, rest = palix_config.split_gin_bindings(argv)
+  parser = argparse.ArgumentParser(prog="palix params", description=__doc__.splitlines()[0])
+  palix_config.add_gin_flags(parser)
+  args = parser.parse_args(rest)
+  if not args.gin_file:
+    parser.error("at least one --gin_file is required (for example "
+                 "--gin_file=gin/models/vit/vit_22b.gin)")
+  palix_config.parse_gin(args.gin_file, bindings, args.gin_search_paths, finalize=False)
+  try:
+    gin.query_parameter("%MODEL")
+  except ValueError:
+    parser.error(f"the gin files {args.gin_file} do not define the MODEL macro "
+                 "(e.g. MODEL = @VisionEncoder())")
+  gin.parse_config("palix.cli.params.model_summary.model = %MODEL")
+  with jax.default_device(jax.devices("cpu")[0]):
+    print(format_summary(*model_summary()))
+  return 0

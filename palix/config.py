@@ -1,0 +1,90 @@
+"""gin handling shared by every ``palix`` subcommand, in t5x's flag shape.
+
+``--gin_file`` (repeatable), ``--gin.NAME=VALUE`` bindings and ``--gin_search_paths``. The repository's
+``gin/`` folder is always on the search path, so ``--gin_file=models/vit/vit_b.gin`` and
+``include 'models/vit/vit_b.gin'`` work from anywhere.
+"""
+
+import argparse
+import contextlib
+import logging
+import pathlib
+import re
+from typing import List, Sequence, Tuple
+
+import gin
+
+GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+_MAIN_BINDING = re.compile(r"^\s*__main__\.")
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin file to parse (repeatable); relative paths also resolve under gin/")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="comma-separated folders searched for gin files and includes")
+
+
+def split_gin_bindings(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """Separate ``--gin.NAME=VALUE`` flags (returned as ``NAME=VALUE``) from the other arguments."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      binding = arg[len("--gin."):]
+      if "=" not in binding:
+        raise SystemExit(f"error: {arg!r} must have the form --gin.NAME=VALUE")
+      bindings.append(binding)
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def _check_no_main_bindings(path: pathlib.Path) -> None:
+  for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    if _MAIN_BINDING.match(line):
+      raise ValueError(f"{path}:{lineno}: gin files must not bind __main__ "
+                       f"({line.strip()!r}); bind the configurable by its module name instead")
+
+
+def _resolve(path: str, search_paths: Sequence[pathlib.Path]) -> pathlib.Path:
+  candidate = pathlib.Path(path)
+  if candidate.exists():
+    return candidate
+  for folder in search_paths:
+    if (folder / path).exists():
+      return folder / path
+  raise FileNotFoundError(f"gin file {path!r} not found in the current folder or in "
+                          f"{', '.join(str(p) for p in search_paths)}")
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
+              search_paths: Sequence[str] = (), finalize: bool = True) -> None:
+  """Parse gin files then bindings (later ones win), with gin/ and ``search_paths`` searched."""
+  folders = [pathlib.Path(p) for entry in search_paths for p in entry.split(",") if p]
+  folders.append(GIN_DIR)
+  for folder in folders:
+    gin.add_config_file_search_path(str(folder))
+  resolved = [_resolve(f, folders) for f in gin_files]
+  for path in resolved:
+    _check_no_main_bindings(path)
+  with _quiet_include_probing():
+    gin.parse_config_files_and_bindings([str(p) for p in resolved], list(bindings),
+                                        finalize_config=finalize)
+
+
+class _DropPathNotFound(logging.Filter):
+
+  def filter(self, record):
+    return not record.getMessage().startswith("Path not found:")
+
+
+@contextlib.contextmanager
+def _quiet_include_probing():
+  """gin logs "Path not found" for every search-path candidate it tries before the one that exists."""
+  root = logging.getLogger()
+  log_filter = _DropPathNotFound()
+  root.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    root.removeFilter(log_filter)

@@ -1,0 +1,64 @@
+"""Feed-forward blocks. A block's MLP is a constructor argument so that Soft MoE can replace it."""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from palix.layers import initializers as inits
+
+
+def gelu_exact(x):
+  """GELU with the erf form (HF ViT's default); ``nn.gelu`` defaults to the tanh approximation."""
+  return nn.gelu(x, approximate=False)
+
+
+class Mlp(nn.Module):
+  """Dense -> activation -> Dense, with optional biases (ViT keeps them, T5 drops them)."""
+  mlp_dim: int
+  activation: Callable = gelu_exact
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = inits.xavier_uniform
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    embed = x.shape[-1]
+    h = nn.Dense(self.mlp_dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
+                 bias_init=nn.with_logical_partitioning(inits.zeros, ("mlp",)), name="wi")(x)
+    h = self.activation(h)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return nn.Dense(embed, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
+                    bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)), name="wo")(h)
+
+
+class GatedMlp(nn.Module):
+  """T5.1.1's gated MLP: ``wo(act(wi_0 x) * wi_1 x)``, no biases by default."""
+  mlp_dim: int
+  activation: Callable = nn.gelu
+  use_bias: bool = False
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = inits.lecun_normal
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    embed = x.shape[-1]
+
+    def dense(name, features, axes):
+      return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype,
+                      param_dtype=self.param_dtype,
+                      kernel_init=nn.with_logical_partitioning(self.kernel_init, axes),
+                      bias_init=nn.with_logical_partitioning(inits.zeros, axes[1:]), name=name)
+
+    h = self.activation(dense("wi_0", self.mlp_dim, ("embed", "mlp"))(x))
+    h = h * dense("wi_1", self.mlp_dim, ("embed", "mlp"))(x)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense("wo", embed, ("mlp", "embed"))(h)

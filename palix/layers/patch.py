@@ -1,0 +1,70 @@
+"""Patch embeddings: turn images ``[B, H, W, C]`` into tokens ``[B, gh*gw, width]``.
+
+Both kinds return ``(tokens, (gh, gw))``; the grid shape feeds the position embedding.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from palix.layers import initializers as inits
+from palix.layers.norms import LayerNorm
+
+
+def patchify(images, patch_size):
+  """``[B, H, W, C] -> [B, gh*gw, p*p*C]`` in row-major patch order, pixels ordered (py, px, c)."""
+  b, h, w, c = images.shape
+  p = patch_size
+  if h % p or w % p:
+    raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
+  gh, gw = h // p, w // p
+  x = images.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * gw, p * p * c), (gh, gw)
+
+
+class ConvPatchEmbed(nn.Module):
+  """The classic ViT stem: a stride-p convolution (equivalently, a Dense on each patch)."""
+  width: int
+  patch_size: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the "
+                       f"patch size {p}")
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    inits.lecun_normal, ("patch_h", "patch_w", "channels", "embed")),
+                bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
+                name="conv")(images)
+    b, gh, gw, d = x.shape
+    return x.reshape(b, gh * gw, d), (gh, gw)
+
+
+class DualPatchNormEmbed(nn.Module):
+  """Dual PatchNorm (Kumar et al. 2023): patchify, LN over the patch vector, Dense, LN over width."""
+  width: int
+  patch_size: int
+  use_bias: bool = True
+  norm_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    patches, grid = patchify(images, self.patch_size)
+    x = LayerNorm(use_bias=self.norm_bias, axis_name="patch", dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="patchln_pre")(patches)
+    x = nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.with_logical_partitioning(inits.lecun_normal, ("patch", "embed")),
+                 bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
+                 name="embedding")(x)
+    x = LayerNorm(use_bias=self.norm_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="patchln_post")(x)
+    return x, grid
