@@ -1,0 +1,247 @@
+"""PaLI-X: ViT patch tokens, projected to the text width, prepended to the prompt in a T5/UL2 encoder.
+
+Every image of an example (few-shot exemplars, video frames) goes through the ViT independently, so
+``N`` images of ``k`` patches give ``N*k`` visual tokens. Images whose ``image_mask`` is 0 are masked
+out of the encoder, and the encoder's relative positions count only real tokens, so masking an image
+is the same as dropping it.
+
+``PaliX`` is the Flax module; ``PaliXModel`` implements the model contract (``palix.models.base``).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from palix.layers import initializers as inits
+from palix.models import base
+from palix.models import losses
+from palix.models.batch_checks import validate_batch
+from palix.models.t5 import T5Config, T5EncoderDecoder
+from palix.models.vit import NoPool, ViT, ViTConfig
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PaliXConfig:
+  """The two towers plus how images enter the encoder.
+
+  Attributes:
+    vit: the vision encoder (its ``pool`` is forced to ``NoPool``: PaLI-X uses every token).
+    t5: the text encoder-decoder.
+    max_images: size of the learned per-image (frame) embedding table; 0 disables it.
+    freeze_vit: no gradient flows into the ViT (the trainer also gives it no optimizer state).
+  """
+  vit: ViTConfig = gin.REQUIRED
+  t5: T5Config = gin.REQUIRED
+  max_images: int = 0
+  freeze_vit: bool = False
+
+
+class PaliX(nn.Module):
+  """See the module docstring. Methods are used through ``module.apply(..., method=...)``."""
+  config: PaliXConfig
+
+  def setup(self):
+    c = self.config
+    vit_cfg = dataclasses.replace(c.vit.resolved(), pool=NoPool)
+    self.vit = ViT(vit_cfg, name="vit")
+    t5 = c.t5
+    self.projection = nn.Dense(
+        t5.emb_dim, dtype=jnp.dtype(t5.dtype), param_dtype=jnp.dtype(t5.param_dtype),
+        kernel_init=nn.with_logical_partitioning(inits.lecun_normal, ("vit_embed", "embed")),
+        bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)), name="projection")
+    if c.max_images:
+      self.frame_embedding = self.param(
+          "frame_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                          ("images", "embed")),
+          (c.max_images, t5.emb_dim), jnp.dtype(t5.param_dtype))
+    self.text = T5EncoderDecoder(t5, name="text")
+
+  def embed_images(self, images, image_mask, deterministic=True):
+    """``[B, N, H, W, 3]`` -> visual tokens ``[B, N*k, D]`` and their validity ``[B, N*k]``."""
+    b, n, h, w, ch = images.shape
+    _, out = self.vit(images.reshape(b * n, h, w, ch), train=not deterministic)
+    tokens = out["encoded"]
+    if self.config.freeze_vit:
+      tokens = jax.lax.stop_gradient(tokens)
+    tokens = self.projection(tokens)
+    k, d = tokens.shape[1], tokens.shape[2]
+    tokens = tokens.reshape(b, n, k, d)
+    if self.config.max_images:
+      if n > self.config.max_images:
+        raise ValueError(f"images has {n} images per example but PaliXConfig.max_images is "
+                         f"{self.config.max_images}")
+      tokens = tokens + self.frame_embedding[None, :n, None, :].astype(tokens.dtype)
+    valid = jnp.repeat(image_mask.astype(bool), k, axis=1)
+    return tokens.reshape(b, n * k, d), valid
+
+  def encode(self, images, image_mask, encoder_input_tokens, deterministic=True):
+    """Returns ``(encoded [B, N*k + Le, D], encoder_mask [B, N*k + Le])``."""
+    visual, visual_valid = self.embed_images(images, image_mask, deterministic)
+    text = self.text.embed(encoder_input_tokens)
+    embeds = jnp.concatenate([visual.astype(text.dtype), text], axis=1)
+    mask = jnp.concatenate([visual_valid, encoder_input_tokens > 0], axis=1)
+    # Positions count real tokens only, so a masked image leaves no gap (masking == dropping).
+    positions = jnp.cumsum(mask, axis=1) - 1
+    encoded = self.text.encode(embeds, mask, positions=positions, deterministic=deterministic)
+    return encoded, mask
+
+  def decode(self, encoded, encoder_mask, decoder_input_tokens, deterministic=True):
+    return self.text.decode(encoded, encoder_mask, decoder_input_tokens,
+                            deterministic=deterministic)
+
+  def init_decode_cache(self, encoded, encoder_mask, max_decode_len):
+    return self.text.init_decode_cache(encoded, encoder_mask, max_decode_len)
+
+  def decode_step(self, cache, tokens, step):
+    return self.text.decode_step(cache, tokens, step)
+
+  def __call__(self, images, image_mask, encoder_input_tokens, decoder_input_tokens,
+               deterministic=True):
+    encoded, mask = self.encode(images, image_mask, encoder_input_tokens, deterministic)
+    return self.decode(encoded, mask, decoder_input_tokens, deterministic)
+
+
+_INPUT_KEYS = ("images", "image_mask", "encoder_input_tokens", "decoder_input_tokens")
+
+
+@gin.configurable
+class PaliXModel(base.BaseModel):
+  """The PaLI-X model contract: init, loss, decoding and scoring over batches (see ``base``).
+
+  Args:
+    config: the module config.
+    image_size, num_images, max_input_len, max_target_len: the batch geometry used for
+      ``example_inputs`` and for input validation (prompts longer than ``max_input_len`` are
+      rejected with an error rather than silently cut).
+    decode_fn: a ``palix.decoding`` function (``greedy``, ``temperature_sample``, ``beam_search``).
+    decode_kwargs: default keyword arguments of ``decode_fn`` (e.g. ``beam_size``, ``alpha``).
+    label_smoothing, z_loss: loss options (t5x semantics).
+    loss_normalization: ``"tokens"`` (mean over real target tokens) or ``"sequences"``.
+    eos_id: end-of-sequence id (T5 layout: 1).
+  """
+
+  def __init__(self, config: PaliXConfig = gin.REQUIRED, *, image_size: int = 224,
+               num_images: int = 1, max_input_len: int = 32, max_target_len: int = 32,
+               decode_fn: Optional[Callable] = None, decode_kwargs: Optional[Mapping] = None,
+               label_smoothing: float = 0.0, z_loss: float = 1e-4,
+               loss_normalization: str = "tokens", eos_id: int = 1):
+    from palix import decoding  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.module = PaliX(config)
+    self.image_size = image_size
+    self.num_images = num_images
+    self.max_input_len = max_input_len
+    self.max_target_len = max_target_len
+    self.decode_fn = decode_fn or decoding.greedy
+    self.decode_kwargs = dict(decode_kwargs or {})
+    self.label_smoothing = label_smoothing
+    self.z_loss = z_loss
+    if loss_normalization not in ("tokens", "sequences"):
+      raise ValueError(f"loss_normalization must be 'tokens' or 'sequences', got "
+                       f"{loss_normalization!r}")
+    self.loss_normalization = loss_normalization
+    self.eos_id = eos_id
+    self._predict_fns = {}
+
+  # --- shapes -------------------------------------------------------------------------------
+  def input_shapes(self, batch_size: int = 1):
+    s, n = self.image_size, self.num_images
+    return {"images": (batch_size, n, s, s, 3), "image_mask": (batch_size, n),
+            "encoder_input_tokens": (batch_size, self.max_input_len),
+            "decoder_input_tokens": (batch_size, self.max_target_len)}
+
+  def example_inputs(self, batch_size: int = 1):
+    dtypes = {"images": jnp.float32}
+    return {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32))
+            for k, v in self.input_shapes(batch_size).items()}
+
+  def get_initial_variables(self, rng, input_shapes=None, input_types=None):
+    input_shapes = input_shapes or self.input_shapes()
+    input_types = input_types or {}
+    dummy = {k: jnp.zeros(input_shapes[k], input_types.get(k, jnp.float32 if k == "images"
+                                                           else jnp.int32))
+             for k in _INPUT_KEYS}
+    dummy["image_mask"] = jnp.ones_like(dummy["image_mask"])
+    return self.module.init(rng, **dummy)
+
+  def frozen_param_prefixes(self) -> Tuple[str, ...]:
+    """Top-level parameter paths the optimizer must leave alone (and keep no state for)."""
+    return ("vit",) if self.config.freeze_vit else ()
+
+  # --- training -----------------------------------------------------------------------------
+  def _check(self, batch, keys):
+    validate_batch(batch, keys, max_input_len=self.max_input_len)
+
+  def compute_logits(self, params, batch, rng=None):
+    self._check(batch, _INPUT_KEYS)
+    rngs = {"dropout": rng} if rng is not None else None
+    return self.module.apply({"params": params}, *(batch[k] for k in _INPUT_KEYS),
+                             deterministic=rng is None, rngs=rngs)
+
+  def loss_fn(self, params, batch, rng):
+    self._check(batch, _INPUT_KEYS + ("decoder_target_tokens", "decoder_loss_weights"))
+    logits = self.compute_logits(params, batch, rng)
+    return losses.weighted_cross_entropy_loss(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+        normalization=self.loss_normalization)
+
+  def score_batch(self, params, batch):
+    """Sum over target tokens of ``log p(target)``, weighted by ``decoder_loss_weights``."""
+    self._check(batch, _INPUT_KEYS + ("decoder_target_tokens", "decoder_loss_weights"))
+    logits = self.compute_logits(params, batch)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token_logp = jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+    return (token_logp * batch["decoder_loss_weights"]).sum(axis=-1)
+
+  # --- decoding -----------------------------------------------------------------------------
+  def encode(self, params, batch):
+    self._check(batch, ("images", "image_mask", "encoder_input_tokens"))
+    return self.module.apply({"params": params}, batch["images"], batch["image_mask"],
+                             batch["encoder_input_tokens"], method=PaliX.encode)
+
+  def decoder_state(self, params, batch, max_decode_len):
+    """Encoder outputs and the decode cache (cross-attention K/V computed once)."""
+    encoded, mask = self.encode(params, batch)
+    cache = self.module.apply({"params": params}, encoded, mask, max_decode_len,
+                              method=PaliX.init_decode_cache)
+
+    def tokens_to_logits(cache, tokens, step):
+      return self.module.apply({"params": params}, cache, tokens, step,
+                               method=PaliX.decode_step)
+
+    return cache, tokens_to_logits
+
+  def predict_batch_with_aux(self, params, batch, rng=None, *, decode_fn=None,
+                             max_decode_len=None, **decode_kwargs):
+    """Decodes the batch. Returns ``(tokens [B, L], {'logprobs': [B, L], 'lengths': [B], ...})``.
+
+    Encoding and decoding run as one jit-compiled program, cached per decoding setup
+    (``decode_fn``, ``max_decode_len`` and the keyword arguments, which must be hashable).
+    """
+    self._check(batch, ("images", "image_mask", "encoder_input_tokens"))
+    kwargs = {"eos_id": self.eos_id, **self.decode_kwargs, **decode_kwargs}
+    setup = (decode_fn or self.decode_fn, int(max_decode_len or self.max_target_len),
+             tuple(sorted(kwargs.items())))
+    if setup not in self._predict_fns:
+      self._predict_fns[setup] = jax.jit(functools.partial(self._predict, setup))
+    inputs = {k: batch[k] for k in ("images", "image_mask", "encoder_input_tokens")}
+    return self._predict_fns[setup](params, inputs, rng)
+
+  def _predict(self, setup, params, inputs, rng):
+    decode_fn, max_decode_len, kwargs = setup
+    kwargs = dict(kwargs)
+    if rng is not None:
+      kwargs["rng"] = rng
+    cache, tokens_to_logits = self.decoder_state(params, inputs, max_decode_len)
+    result = decode_fn(tokens_to_logits, cache, batch_size=inputs["encoder_input_tokens"].shape[0],
+                       max_decode_len=max_decode_len, **kwargs)
+    aux = {k: v for k, v in result._asdict().items() if k != "tokens"}
+    return result.tokens, aux
