@@ -9,6 +9,11 @@ import sys
 SUBCOMMANDS = {
     "params": ("palix.cli.params", "parameter counts and forward FLOPs of a gin-configured model"),
     "demo": ("palix.cli.demo", "the end-to-end demo (make demo)"),
+    "data": ("palix.cli.data", "list tasks and mixtures; show decoded examples as text and a PNG"),
+    "vocab": ("palix.cli.vocab", "train the SentencePiece vocabulary from task text"),
+    "train": ("palix.cli.train", "train a gin-configured model (gin/runs/pretrain.gin, ...)"),
+    "infer": ("palix.cli.infer", "predictions or metrics from a checkpoint (gin/runs/infer.gin)"),
+    "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
 }
 
 
