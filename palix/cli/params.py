@@ -6,6 +6,7 @@ on a laptop. The last line is ``total_params: N``.
 """
 
 import argparse
+import sys
 
 import gin
 import jax
@@ -51,6 +52,11 @@ def run(argv):
     parser.error(f"the gin files {args.gin_file} do not define the MODEL macro "
                  "(e.g. MODEL = @VisionEncoder())")
   gin.parse_config("palix.cli.params.model_summary.model = %MODEL")
-  with jax.default_device(jax.devices("cpu")[0]):
-    print(format_summary(*model_summary()))
+  try:
+    with jax.default_device(jax.devices("cpu")[0]):
+      summary = model_summary()
+  except ValueError as error:  # bad sizes or options in the gin files: no traceback, just what
+    print(f"palix params: {error}", file=sys.stderr)
+    return 2
+  print(format_summary(*summary))
   return 0

@@ -39,8 +39,9 @@ class ConvPatchEmbed(nn.Module):
                        f"patch size {p}")
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
                 dtype=self.dtype, param_dtype=self.param_dtype,
+                # The two spatial axes are never sharded; they have no logical name.
                 kernel_init=nn.with_logical_partitioning(
-                    inits.lecun_normal, ("patch_h", "patch_w", "channels", "embed")),
+                    inits.lecun_normal, (None, None, "channels", "embed")),
                 bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
                 name="conv")(images)
     b, gh, gw, d = x.shape
@@ -48,23 +49,28 @@ class ConvPatchEmbed(nn.Module):
 
 
 class DualPatchNormEmbed(nn.Module):
-  """Dual PatchNorm (Kumar et al. 2023): patchify, LN over the patch vector, Dense, LN over width."""
+  """Dual PatchNorm (Kumar et al. 2023): patchify, LN over the patch vector, Dense, LN over width.
+
+  ``embedding.kernel`` is ``[p*p*C, width]`` with rows in ``patchify``'s (py, px, c) order, so a
+  conv stem's ``[p, p, C, width]`` kernel reshapes into it directly.
+  """
   width: int
   patch_size: int
   use_bias: bool = True
   norm_bias: bool = True
+  epsilon: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images):
     patches, grid = patchify(images, self.patch_size)
-    x = LayerNorm(use_bias=self.norm_bias, axis_name="patch", dtype=self.dtype,
-                  param_dtype=self.param_dtype, name="patchln_pre")(patches)
+    x = LayerNorm(use_bias=self.norm_bias, epsilon=self.epsilon, axis_name="patch",
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="patchln_pre")(patches)
     x = nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=nn.with_logical_partitioning(inits.lecun_normal, ("patch", "embed")),
                  bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
                  name="embedding")(x)
-    x = LayerNorm(use_bias=self.norm_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="patchln_post")(x)
+    x = LayerNorm(use_bias=self.norm_bias, epsilon=self.epsilon, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="patchln_post")(x)
     return x, grid

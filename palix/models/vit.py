@@ -109,6 +109,9 @@ class ViTConfig:
                        "(e.g. 'B/16') or the sizes explicitly")
     if cfg.width % cfg.num_heads:
       raise ValueError(f"ViTConfig: width {cfg.width} is not divisible by num_heads {cfg.num_heads}")
+    if cfg.image_size % cfg.patch_size:
+      raise ValueError(f"ViTConfig: image_size {cfg.image_size} is not divisible by patch_size "
+                       f"{cfg.patch_size}; the learned position table needs a whole patch grid")
     if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
       raise ValueError(f"ViTConfig.remat_policy {cfg.remat_policy!r} is not a "
                        "jax.checkpoint_policies name")
@@ -217,8 +220,9 @@ class Encoder(nn.Module):
     if c.scan:
       step = _ScanStep
       if c.remat:
+        # Inside scan, CSE cannot defeat rematerialisation, so its prevention is pure cost.
         step = nn.remat(step, policy=getattr(jax.checkpoint_policies, c.remat_policy),
-                        static_argnums=(3,))
+                        prevent_cse=False, static_argnums=(3,))
       x, per_layer = nn.scan(
           step, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast), length=c.depth,
@@ -237,6 +241,14 @@ class Encoder(nn.Module):
     x = LayerNorm(use_bias=c.norm_bias, epsilon=c.layer_norm_eps, dtype=c.compute_dtype,
                   param_dtype=c.params_dtype, name="encoder_norm")(x)
     return x, out
+
+
+def _make_patch_embed(c: ViTConfig, name: str):
+  kw = dict(width=c.width, patch_size=c.patch_size, dtype=c.compute_dtype,
+            param_dtype=c.params_dtype, name=name)
+  if c.patch_embed is DualPatchNormEmbed:
+    return DualPatchNormEmbed(norm_bias=c.norm_bias, epsilon=c.layer_norm_eps, **kw)
+  return c.patch_embed(**kw)
 
 
 def _make_posemb(c: ViTConfig, name: str):
@@ -264,8 +276,7 @@ class ViT(nn.Module):
   def setup(self):
     c = self.config.resolved()
     self.cfg = c
-    kw = dict(dtype=c.compute_dtype, param_dtype=c.params_dtype)
-    self.embedding = c.patch_embed(width=c.width, patch_size=c.patch_size, name="embedding", **kw)
+    self.embedding = _make_patch_embed(c, "embedding")
     self.posemb = _make_posemb(c, "posemb")
     if c.class_token:
       self.cls = self.param("cls", nn.with_logical_partitioning(inits.zeros, (None, None, "embed")),
