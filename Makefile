@@ -10,6 +10,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
+	@command -v java >/dev/null 2>&1 || echo "warning: no java on PATH; caption metrics (pycocoevalcap tokenizer, METEOR) need a Java runtime, e.g. apt-get install default-jre-headless"
 	touch $(STAMP)
 
 install: $(STAMP)
