@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from palix.layers import initializers as inits
+from palix.layers.dense import MultiAxisDense
 from palix.layers.norms import LayerNorm
 
 Array = Any
@@ -58,12 +59,10 @@ class MultiHeadAttention(nn.Module):
     head_dim = self.head_dim or embed // self.num_heads
 
     def proj(name, x):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), use_bias=self.qkv_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-          name=name)(x)
+      return MultiAxisDense(
+          (self.num_heads, head_dim), kernel_axes=("embed", "heads", "kv"),
+          use_bias=self.qkv_bias, bias_axes=("heads", "kv"), dtype=self.dtype,
+          param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)(x)
 
     q, k, v = proj("query", inputs_q), proj("key", inputs_kv), proj("value", inputs_kv)
     if self.qk_norm:
@@ -77,12 +76,10 @@ class MultiHeadAttention(nn.Module):
     return q, k, v
 
   def project_out(self, attended, embed):
-    return nn.DenseGeneral(
-        embed, axis=(-2, -1), use_bias=self.out_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out")(attended)
+    return MultiAxisDense(
+        (embed,), kernel_axes=("heads", "kv", "embed"), num_contract=2, use_bias=self.out_bias,
+        bias_axes=("embed",), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init, name="out")(attended)
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None):

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from palix.layers.attention import dot_product_attention
+from palix.layers.dense import MultiAxisDense
 
 HEAD_AXES = ("batch", "length", "heads", "kv")
 
@@ -36,19 +37,16 @@ class T5Attention(nn.Module):
       return nn.initializers.variance_scaling(scale, "fan_in", "normal")
 
     def proj(name, scale):
-      return nn.DenseGeneral(
-          (self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          kernel_init=nn.with_logical_partitioning(init(scale), ("embed", "heads", "kv")),
-          name=name)
+      return MultiAxisDense(
+          (self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
+          dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init(scale), name=name)
 
     self.query = proj("query", 1.0 / self.head_dim)
     self.key = proj("key", 1.0)
     self.value = proj("value", 1.0)
-    self.out = nn.DenseGeneral(
-        self.embed_dim, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init(1.0), ("heads", "kv", "embed")), name="out")
+    self.out = MultiAxisDense(
+        (self.embed_dim,), kernel_axes=("heads", "kv", "embed"), num_contract=2,
+        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init(1.0), name="out")
 
   def project_query(self, x):
     """``[B, Q, D] -> [B, Q, H, Dh]``."""

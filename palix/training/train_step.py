@@ -1,0 +1,87 @@
+"""One optimisation step: gradients (optionally over microbatches), optimizer update, metrics.
+
+* Frozen parameters get ``stop_gradient`` (their backward pass is dead code) and are copied
+  through unchanged, so they stay bit-identical.
+* ``num_microbatches = k`` splits the batch into ``k`` interleaved microbatches (rows ``i, i+k,
+  ...``, so every data shard contributes to each) and averages their gradients: the same update as
+  one big batch when the model's loss is a mean over equally weighted examples.
+* ``param_mask_fn(params, step) -> params`` runs after the update (the seam for n:m sparsity
+  masks); it must be jittable.
+
+Metrics: the model's own (averaged over microbatches; names starting with ``num_`` are summed),
+plus ``learning_rate``, ``grad_norm`` (before clipping) and ``param_norm``.
+"""
+
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from palix.training.train_state import TrainState
+
+ParamMaskFn = Callable[[Any, jax.Array], Any]
+
+
+def _loss_and_grads(model, frozen_mask, params, batch, rng):
+
+  def loss_fn(p):
+    p = jax.tree.map(lambda frozen, x: jax.lax.stop_gradient(x) if frozen else x, frozen_mask, p)
+    loss, metrics = model.loss_fn(p, batch, rng)
+    return loss, {**metrics, "loss": loss}
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return grads, metrics
+
+
+def _combine_metrics(metrics: Dict[str, jax.Array], num_microbatches: int) -> Dict[str, jax.Array]:
+  return {k: v if k.startswith("num_") else v / num_microbatches for k, v in metrics.items()}
+
+
+def accumulate_gradients(model, frozen_mask, params, batch, rng, num_microbatches: int = 1):
+  """Mean gradients and metrics over ``num_microbatches`` interleaved microbatches."""
+  if num_microbatches == 1:
+    return _loss_and_grads(model, frozen_mask, params, batch, rng)
+  batch_size = jax.tree.leaves(batch)[0].shape[0]
+  if batch_size % num_microbatches:
+    raise ValueError(f"batch size {batch_size} is not divisible by num_microbatches "
+                     f"{num_microbatches}")
+  # [B, ...] -> [k, B/k, ...] with microbatch i = rows i, i+k, i+2k, ...
+  micro = jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape((batch_size // num_microbatches, num_microbatches)
+                                       + x.shape[1:]), 0, 1), batch)
+
+  def body(carry, inputs):
+    index, microbatch = inputs
+    grads, metrics = _loss_and_grads(model, frozen_mask, params, microbatch,
+                                     jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(lambda: _loss_and_grads(model, frozen_mask, params, first, rng))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
+  grads = jax.tree.map(lambda g: g / num_microbatches, grads)
+  return grads, _combine_metrics(metrics, num_microbatches)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, learning_rate_fn: Callable,
+                    frozen_mask, *, num_microbatches: int = 1,
+                    param_mask_fn: Optional[ParamMaskFn] = None):
+  """``step(state, batch) -> (state, metrics)`` (not jitted; the trainer jits it with shardings)."""
+
+  def step(state: TrainState, batch):
+    grads, metrics = accumulate_gradients(model, frozen_mask, state.params, batch,
+                                          state.step_rng(), num_microbatches)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params = jax.tree.map(lambda frozen, old, new: old if frozen else new, frozen_mask,
+                          state.params, params)
+    if param_mask_fn is not None:
+      params = param_mask_fn(params, state.step + 1)
+    metrics = {**metrics, "learning_rate": learning_rate_fn(state.step),
+               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
