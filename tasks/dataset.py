@@ -1,0 +1,218 @@
+"""The batch API of the trainer and evaluator: numpy batches of the model keys, exactly resumable.
+
+``get_batches(name, split=..., batch_size=..., feature_lengths=...)`` yields dicts with the keys
+of ``palix/models/base.py`` (``images``, ``image_mask``, ``encoder_input_tokens``,
+``decoder_input_tokens``, ``decoder_target_tokens``, ``decoder_loss_weights``). The example in
+every slot is a pure function of the arguments and the slot's position (``palix.tasks.schedule``),
+so:
+
+* the same arguments give the same batches;
+* ``start_step=k`` yields exactly what a fresh iterator yields from its k-th batch on;
+* shard ``s`` of ``S`` gets rows ``s*B:(s+1)*B`` of the global batch of ``S*B`` rows; shards are
+  disjoint and together equal the unsharded stream with ``batch_size=S*B``.
+
+``repeat=False`` visits every example of the split(s) once; the last batch is filled with all-zero
+rows (``image_mask`` 0, ``decoder_loss_weights`` 0), so every batch has ``batch_size`` rows and all
+shards yield the same number of batches.
+"""
+
+import atexit
+import math
+import re
+import weakref
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from palix.tasks import feature_converter as converter_lib
+from palix.tasks import preprocessors
+from palix.tasks import registry
+from palix.tasks import schedule as schedule_lib
+from palix.tasks import tf_setup
+from palix.tasks.sources import base
+
+DataError = base.DataError
+Provider = Union[seqio.Task, seqio.Mixture]
+
+
+def get_task_or_mixture(name: str) -> Provider:
+  """The registered palix task or mixture called ``name`` (built-ins register on first use)."""
+  registry.ensure_registered()
+  if name in seqio.TaskRegistry.names():
+    return seqio.TaskRegistry.get(name)
+  if name in seqio.MixtureRegistry.names():
+    return seqio.MixtureRegistry.get(name)
+  known = list_tasks()
+  close = [k for k in known if name.split("_")[0] in k][:5]
+  raise ValueError(f"no task or mixture {name!r}" + (f"; did you mean one of {close}?" if close
+                                                    else f"; registered: {known}"))
+
+
+def list_tasks(include_mixtures: bool = True) -> List[str]:
+  """Names usable with :func:`get_batches`: tasks with a palix source, then mixtures."""
+  registry.ensure_registered()
+  names = sorted(n for n in seqio.TaskRegistry.names()
+                 if isinstance(seqio.TaskRegistry.get(n).source, base.ExampleSource))
+  if include_mixtures:
+    names += sorted(n for n in seqio.MixtureRegistry.names()
+                    if all(t.name in names for t in seqio.MixtureRegistry.get(n).tasks))
+  return names
+
+
+def tasks_and_rates(provider: Provider) -> Tuple[List[seqio.Task], List[float]]:
+  """Leaf tasks of a task or mixture with their flattened mixing rates (zero rates dropped)."""
+  if isinstance(provider, seqio.Task):
+    return [provider], [1.0]
+  pairs = [(t, float(provider.get_rate(t))) for t in provider.tasks]
+  pairs = [(t, r) for t, r in pairs if r > 0]
+  if not pairs:
+    raise ValueError(f"mixture {provider.name!r} has no task with a positive rate")
+  return [t for t, _ in pairs], [r for _, r in pairs]
+
+
+def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
+                 feature_lengths: Mapping[str, int], num_images: int = 1, image_size: int = 224,
+                 seed: int = 0, shuffle: bool = True, repeat: bool = True, start_step: int = 0,
+                 shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
+                 counter: Optional[converter_lib.TruncationCounter] = None) -> tf.data.Dataset:
+  """The ``tf.data`` pipeline behind :func:`get_batches` (same arguments)."""
+  tf_setup.configure_tensorflow()
+  if batch_size < 1 or num_shards < 1 or not 0 <= shard_index < num_shards or start_step < 0:
+    raise ValueError(f"need batch_size >= 1, num_shards >= 1, 0 <= shard_index < num_shards and "
+                     f"start_step >= 0; got {batch_size}, {num_shards}, {shard_index}, "
+                     f"{start_step}")
+  provider = get_task_or_mixture(mixture_or_task_name)
+  tasks, rates = tasks_and_rates(provider)
+  for task in tasks:
+    if not isinstance(task.source, base.ExampleSource):
+      raise ValueError(f"task {task.name!r} does not read from a palix ExampleSource; "
+                       "get_batches needs random access (see docs/data.md)")
+    if split not in task.splits:
+      raise ValueError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+  streams = [(f"{t.name}:{split}", t.num_input_examples(split)) for t in tasks]
+  schedule = schedule_lib.Schedule(streams, rates, seed=seed, shuffle=shuffle, repeat=repeat)
+
+  rows = tf.constant(batch_size, tf.int64)
+
+  def position(element):
+    step = start_step + element // rows
+    return (step * num_shards + shard_index) * rows + element % rows
+
+  if repeat:
+    elements = tf.data.Dataset.counter()
+  else:
+    num_batches = math.ceil(schedule.total / (batch_size * num_shards))
+    elements = tf.data.Dataset.range(max(num_batches - start_step, 0) * batch_size)
+  positions = elements.map(_plain(position))
+
+  sequence_length = dict(feature_lengths)
+  sequence_length[preprocessors.IMAGE_SIZE_KEY] = image_size
+  counter = counter or converter_lib.TruncationCounter()
+  single = len(tasks) == 1 and repeat
+  branches = []
+  for task_id, task in enumerate(tasks):
+    branch = positions
+    if not single:  # each branch keeps its own task's positions; choose_from_datasets re-merges
+      branch = positions.filter(_plain(lambda p, t=task_id: tf.equal(schedule.task_of(p), t)))
+    branch = branch.map(
+        _plain(lambda p, t=task_id, task=task: task.source.example(split, *schedule.locate(p, t))),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    branch = task.preprocess_precache(branch, seed=seed)
+    branch = task.preprocess_postcache(branch, sequence_length=sequence_length, seed=seed)
+    converter = converter_lib.PaliXFeatureConverter(num_images, image_size, overflow,
+                                                    task_name=task.name, counter=counter)
+    branches.append(converter(branch, feature_lengths).prefetch(tf.data.AUTOTUNE))
+  if not repeat:
+    padding = converter_lib.zero_example(
+        converter_lib.PaliXFeatureConverter(num_images, image_size), feature_lengths)
+    branches.append(tf.data.Dataset.from_tensors(padding).repeat())
+  if single:
+    dataset = branches[0]
+  else:
+    choices = positions.map(_plain(schedule.task_of))
+    dataset = tf.data.Dataset.choose_from_datasets(branches, choices)
+  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(2)
+  options = tf.data.Options()
+  options.deterministic = True
+  return dataset.with_options(options)
+
+
+def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
+                feature_lengths: Mapping[str, int], num_images: int = 1, image_size: int = 224,
+                seed: int = 0, shuffle: bool = True, repeat: bool = True, start_step: int = 0,
+                shard_index: int = 0, num_shards: int = 1,
+                overflow: str = "error") -> Iterator[Dict[str, np.ndarray]]:
+  """Numpy batches of the model's keys for a task or mixture (see the module docstring).
+
+  Args:
+    mixture_or_task_name: a registered palix task or mixture (:func:`list_tasks`).
+    split: the split every task of the mixture reads.
+    batch_size: rows per batch on this shard (the global batch is ``batch_size * num_shards``).
+    feature_lengths: ``{'inputs': Le, 'targets': Ld}`` token lengths (EOS included).
+    num_images: image slots per example (N); video tasks need N >= their frame count.
+    image_size: images are resized to ``image_size x image_size`` (S); not taken from the task,
+      so one mixture can be trained at several resolutions.
+    seed: seeds shuffling, mixing and augmentation.
+    shuffle: permute examples (per epoch) and mixture slots (per block).
+    repeat: endless stream (training) or one pass with zero-padded last batch (evaluation).
+    start_step: skip to this batch index in O(1) (exact resumption).
+    shard_index, num_shards: this process's disjoint share of the global batch.
+    overflow: ``error`` or ``truncate`` for token sequences longer than ``feature_lengths``.
+  """
+  dataset = make_dataset(
+      mixture_or_task_name, split=split, batch_size=batch_size, feature_lengths=feature_lengths,
+      num_images=num_images, image_size=image_size, seed=seed, shuffle=shuffle, repeat=repeat,
+      start_step=start_step, shard_index=shard_index, num_shards=num_shards, overflow=overflow)
+  return _numpy_batches(dataset)
+
+
+def _plain(fn):
+  """Marks a dataset function as plain graph code: autograph would rewrite the Python loops that
+  build lookup tables into slow graph loops."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
+# Batch generators still open. tf.data threads blocked in a Python op (``tf.numpy_function``)
+# would hang interpreter shutdown, so they are closed (their iterators freed) at exit.
+_OPEN_GENERATORS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_generators():
+  for generator in list(_OPEN_GENERATORS):
+    generator.close()
+
+
+def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+  generator = _iterate(dataset)
+  _OPEN_GENERATORS.add(generator)
+  return generator
+
+
+def _iterate(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+  iterator = dataset.as_numpy_iterator()
+  try:
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        raise DataError(_clean_tf_message(e.message)) from None
+      yield batch
+  finally:
+    del iterator
+
+
+def _clean_tf_message(message: str) -> str:
+  """The useful part of a TF error: our DataError text or assertion message, without the graph."""
+  found = re.search(r"DataError: (.*)", message)
+  if found:
+    return found.group(1).strip()
+  message = re.sub(r"\s*\[\[\{\{node .*", "", message, flags=re.S)
+  found = re.search(r"assertion failed: (.*)", message, flags=re.S)
+  if found:  # tf.debugging.Assert prints its data as "[a] [b] ..."
+    message = re.sub(r"\]\s*\[", " ", found.group(1)).replace("\\'", "'").strip().strip("[]")
+  return message.replace("\n", " ").strip()

@@ -1,0 +1,170 @@
+"""The PaLI-X feature converter: task features -> the model batch of ``palix/models/base.py``.
+
+Task features: ``inputs`` and ``targets`` (int32 tokens ending in EOS), ``images`` (float32
+``[n, S, S, 3]``). Model features, per example:
+
+* ``images`` float32 ``[N, S, S, 3]``: the n images then ``N - n`` zero slots;
+* ``image_mask`` int32 ``[N]``: 1 for the n real images;
+* ``encoder_input_tokens`` int32 ``[Le]``: inputs, zero-padded;
+* ``decoder_target_tokens`` int32 ``[Ld]``: targets (EOS = 1 included), zero-padded;
+* ``decoder_input_tokens`` int32 ``[Ld]``: targets shifted right by one, BOS = 0 first;
+* ``decoder_loss_weights`` float32 ``[Ld]``: 1 where ``decoder_target_tokens`` is not padding.
+
+Over-long token sequences: ``overflow='error'`` (default) fails with the task, the record id and
+the text; ``overflow='truncate'`` cuts to the length (the last kept token becomes EOS) and logs a
+warning with the running count (:class:`TruncationCounter`). More than N images is always an
+error.
+
+It is not a ``seqio.FeatureConverter`` subclass because seqio's base requires a length entry for
+every task feature (images have none) and rank-1 features for packing. Packing (several short
+examples per row) would go in :meth:`PaliXFeatureConverter.__call__` between validation and
+padding: pack ``inputs``/``targets`` with ``seqio.utils.trim_and_pack_dataset`` semantics, add
+``*_segment_ids``/``*_positions``, and concatenate the images of the packed examples along N with
+a per-image segment id (``image_mask`` would then carry the segment id instead of 1).
+"""
+
+import logging
+import threading
+from typing import Dict, Mapping
+
+import tensorflow as tf
+
+OVERFLOW_MODES = ("error", "truncate")
+MODEL_FEATURES = {
+    "images": tf.float32,
+    "image_mask": tf.int32,
+    "encoder_input_tokens": tf.int32,
+    "decoder_input_tokens": tf.int32,
+    "decoder_target_tokens": tf.int32,
+    "decoder_loss_weights": tf.float32,
+}
+_TEXT_FEATURES = {"inputs": "encoder_input_tokens", "targets": "decoder_target_tokens"}
+
+
+class TruncationCounter:
+  """Counts truncated sequences per (task, feature) and logs each one with the running total."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.counts: Dict[str, int] = {}
+
+  def record(self, name: bytes, length, limit, record_id: bytes):
+    key = name.decode() if isinstance(name, bytes) else str(name)
+    with self._lock:
+      self.counts[key] = self.counts.get(key, 0) + 1
+      total = self.counts[key]
+    logging.warning("truncated %s of %s from %d to %d tokens (%d truncated so far)", key,
+                    record_id.decode() if isinstance(record_id, bytes) else record_id,
+                    int(length), int(limit), total)
+    return total
+
+
+class PaliXFeatureConverter:
+  """Converts a task's examples into fixed-shape model features (unpacked).
+
+  Args:
+    num_images: N, image slots per example.
+    image_size: S, expected image side (the preprocessors resize to it).
+    overflow: ``error`` or ``truncate`` (see the module docstring).
+    task_name: named in error messages.
+    bos_id: the decoder's start token (0, as in T5).
+  """
+
+  def __init__(self, num_images: int = 1, image_size: int = 224, overflow: str = "error",
+               task_name: str = "", bos_id: int = 0, counter: TruncationCounter = None):
+    if overflow not in OVERFLOW_MODES:
+      raise ValueError(f"overflow must be one of {OVERFLOW_MODES}; got {overflow!r}")
+    if num_images < 1 or image_size < 1:
+      raise ValueError(f"num_images and image_size must be positive; got {num_images}, "
+                       f"{image_size}")
+    self.num_images = num_images
+    self.image_size = image_size
+    self.overflow = overflow
+    self.task_name = task_name
+    self.bos_id = bos_id
+    self.counter = counter or TruncationCounter()
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, tuple]:
+    """Shapes of one converted example (without the batch dimension)."""
+    _check_lengths(task_feature_lengths)
+    le, ld = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+    n, s = self.num_images, self.image_size
+    return {"images": (n, s, s, 3), "image_mask": (n,), "encoder_input_tokens": (le,),
+            "decoder_input_tokens": (ld,), "decoder_target_tokens": (ld,),
+            "decoder_loss_weights": (ld,)}
+
+  def __call__(self, dataset: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    _check_lengths(task_feature_lengths)
+    spec = dataset.element_spec
+    for key, dtype, rank in (("inputs", tf.int32, 1), ("targets", tf.int32, 1),
+                             ("images", tf.float32, 4)):
+      if key not in spec:
+        raise ValueError(f"task {self.task_name!r}: feature {key!r} missing before conversion; "
+                         f"got {sorted(spec)}")
+      if spec[key].dtype != dtype or spec[key].shape.rank != rank:
+        raise ValueError(f"task {self.task_name!r}: feature {key!r} is {spec[key]}, expected "
+                         f"{dtype.name} of rank {rank}")
+    convert = lambda ex: self.convert_example(ex, task_feature_lengths)
+    return dataset.map(tf.autograph.experimental.do_not_convert(convert),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _fit(self, tokens, key, limit, record_id):
+    length = tf.size(tokens)
+    name = f"{self.task_name}/{key}"
+    if self.overflow == "error":
+      check = tf.debugging.Assert(length <= limit, [
+          f"task {self.task_name!r}: {key} is longer than its feature length {limit} (raise "
+          f"feature_lengths[{key!r}] or use overflow='truncate'); record:", record_id,
+          "tokens:", length])
+      with tf.control_dependencies([check]):  # the slice only informs static shape inference
+        return tf.identity(tokens)[:limit]
+
+    def truncate():
+      counted = tf.numpy_function(self.counter.record, [name, length, limit, record_id], tf.int64,
+                                  stateful=True)
+      with tf.control_dependencies([counted]):
+        return tf.concat([tokens[:limit - 1], [1]], axis=0)  # keep EOS (id 1) last
+
+    return tf.cond(length > limit, truncate, lambda: tokens)
+
+  def convert_example(self, ex, task_feature_lengths):
+    record_id = ex.get("record_id", tf.constant(self.task_name))
+    out = {}
+    for key, model_key in _TEXT_FEATURES.items():
+      limit = int(task_feature_lengths[key])
+      tokens = self._fit(tf.cast(ex[key], tf.int32), key, limit, record_id)
+      out[model_key] = tf.ensure_shape(tf.pad(tokens, [[0, limit - tf.size(tokens)]]), [limit])
+    targets = out["decoder_target_tokens"]
+    out["decoder_input_tokens"] = tf.concat([[self.bos_id], targets[:-1]], axis=0)
+    out["decoder_loss_weights"] = tf.cast(targets != 0, tf.float32)
+
+    images = ex["images"]
+    count = tf.shape(images)[0]
+    check = tf.debugging.Assert(count <= self.num_images, [
+        f"task {self.task_name!r}: more images per example than num_images={self.num_images} "
+        "(raise num_images); record:", record_id, "images:", count])
+    with tf.control_dependencies([check]):  # the slice only informs static shape inference
+      images = tf.ensure_shape(images, [None, self.image_size, self.image_size, 3])
+      images = tf.identity(images)[:self.num_images]
+      padded = tf.pad(images, [[0, self.num_images - tf.shape(images)[0]], [0, 0], [0, 0], [0, 0]])
+    out["images"] = tf.ensure_shape(padded, [self.num_images, self.image_size, self.image_size, 3])
+    out["image_mask"] = tf.cast(tf.range(self.num_images) < count, tf.int32)
+    return out
+
+
+def zero_example(converter: PaliXFeatureConverter,
+                 task_feature_lengths: Mapping[str, int]) -> Dict[str, tf.Tensor]:
+  """An all-zero example (no images, zero loss weight): fills the last batch of a finite pass."""
+  shapes = converter.get_model_feature_lengths(task_feature_lengths)
+  return {key: tf.zeros(shape, MODEL_FEATURES[key]) for key, shape in shapes.items()}
+
+
+def _check_lengths(task_feature_lengths: Mapping[str, int]) -> None:
+  if set(task_feature_lengths) != set(_TEXT_FEATURES):
+    raise ValueError(f"feature_lengths must have exactly the keys {sorted(_TEXT_FEATURES)}; got "
+                     f"{sorted(task_feature_lengths)}")
+  for key, value in task_feature_lengths.items():
+    if int(value) < 2:
+      raise ValueError(f"feature_lengths[{key!r}] must be at least 2 (one token plus EOS); "
+                       f"got {value}")

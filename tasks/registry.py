@@ -1,0 +1,140 @@
+"""Registering palix tasks and mixtures with seqio, and the built-in ones.
+
+Built-ins register on first use (:func:`ensure_registered`, called by ``get_batches``,
+``get_task_or_mixture`` and ``list_tasks``), not at import. Each built-in is declared once in
+``BUILTIN_TASKS`` (its source and media preprocessing); its seqio ``postprocess_fn`` and
+``metric_fns`` come from ``palix.tasks.task_metrics`` (the evaluation side owns them).
+
+Your own task: ``add_task('my_task', JsonlSource({'train': 'data/train.jsonl'}))`` (see
+``docs/data.md``).
+"""
+
+import dataclasses
+import itertools
+import threading
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import seqio
+
+from palix.tasks import preprocessors
+from palix.tasks.sources import base
+from palix.tasks.sources import easy_vqa
+from palix.tasks.sources import fashion_mnist
+from palix.tasks.sources import moving_shapes
+from palix.tasks.sources import shapes_detection
+
+
+def add_task(name: str, source: base.ExampleSource,
+             media: Optional[preprocessors.DecodeMedia] = None,
+             metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None,
+             vocabulary: Optional[seqio.Vocabulary] = None, replace: bool = False) -> seqio.Task:
+  """Registers a palix task: ``source`` -> DecodeMedia -> tokenize -> append EOS.
+
+  Args:
+    name: task name (letters, digits, ``_.:#``).
+    source: any :class:`palix.tasks.sources.base.ExampleSource`.
+    media: image/video preprocessing (resize mode, training crop and flip, video frames).
+    metric_fns: seqio metric functions ``(targets, predictions) -> {name: value}``.
+    postprocess_fn: seqio postprocessor of decoded text (e.g. parsing detections).
+    vocabulary: defaults to the committed palix SentencePiece model.
+    replace: re-register a name that exists (tests, notebooks).
+  """
+  if isinstance(source, base.TableSource):
+    if media is None:
+      media = preprocessors.DecodeMedia(num_frames=source.num_frames)
+    elif media.num_frames != source.num_frames:
+      raise ValueError(f"task {name!r}: the source samples {source.num_frames} frames per clip but "
+                       f"DecodeMedia has num_frames={media.num_frames}; give both the same value")
+  if replace:
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source, output_features=preprocessors.output_features(vocabulary),
+      preprocessors=preprocessors.default_preprocessors(media), postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns), shuffle_buffer_size=1000)
+
+
+def add_mixture(name: str, tasks_and_rates: Sequence[Tuple[str, float]],
+                replace: bool = False) -> seqio.Mixture:
+  """Registers a mixture of palix tasks with relative rates (see ``palix.tasks.schedule``)."""
+  if replace:
+    seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, list(tasks_and_rates))
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinTask:
+  make_source: Callable[[], base.ExampleSource]
+  media: preprocessors.DecodeMedia
+  description: str = ""
+
+
+MOVING_SHAPES_FRAMES = 6
+
+BUILTIN_TASKS: Dict[str, BuiltinTask] = {
+    "easy_vqa": BuiltinTask(
+        lambda: easy_vqa.EasyVqaSource("vqa"), preprocessors.DecodeMedia(flip=True),
+        description="easy-VQA questions (PyPI easy-vqa), 64x64 shapes"),
+    "easy_vqa_caption": BuiltinTask(
+        lambda: easy_vqa.EasyVqaSource("caption"), preprocessors.DecodeMedia(flip=True),
+        description="'a blue circle' captions derived from easy-VQA labels"),
+    "fashion_mnist_caption": BuiltinTask(
+        fashion_mnist.FashionMnistCaptionSource,
+        preprocessors.DecodeMedia(crop_min_scale=0.85, flip=True),
+        description="'a photo of a trouser' (Debian dataset-fashion-mnist)"),
+    "shapes_detection": BuiltinTask(
+        shapes_detection.ShapesDetectionSource, preprocessors.DecodeMedia(),
+        description="2-4 easy-VQA shapes / Fashion-MNIST items per 128px canvas, exact boxes"),
+    "moving_shapes_vqa": BuiltinTask(
+        lambda: moving_shapes.MovingShapesSource("vqa", num_frames=MOVING_SHAPES_FRAMES),
+        preprocessors.DecodeMedia(),
+        description=f"{MOVING_SHAPES_FRAMES}-frame clips: which way does the shape move?"),
+    "moving_shapes_caption": BuiltinTask(
+        lambda: moving_shapes.MovingShapesSource("caption", num_frames=MOVING_SHAPES_FRAMES),
+        preprocessors.DecodeMedia(),
+        description=f"{MOVING_SHAPES_FRAMES}-frame clips: 'a red circle moving left'"),
+}
+
+BUILTIN_MIXTURES: Dict[str, Tuple[Tuple[str, float], ...]] = {
+    # easy-VQA: questions and derived captions (the input-pipeline benchmark uses this one).
+    "easy_vqa_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0)),
+    # Everything embedded; needs num_images >= MOVING_SHAPES_FRAMES for the video tasks.
+    "embedded_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0), ("fashion_mnist_caption", 2.0),
+                     ("shapes_detection", 2.0), ("moving_shapes_vqa", 1.0),
+                     ("moving_shapes_caption", 1.0)),
+}
+
+_LOCK = threading.Lock()
+_REGISTERED = []
+
+
+def ensure_registered() -> None:
+  """Registers the built-in tasks and mixtures once per process (names already taken are kept)."""
+  with _LOCK:
+    if _REGISTERED:
+      return
+    from palix.tasks import task_metrics  # pylint: disable=g-import-not-at-top  # pulls palix.eval
+    for name, spec in BUILTIN_TASKS.items():
+      if name not in seqio.TaskRegistry.names():
+        evaluation = task_metrics.BUILTIN_EVALUATION.get(name)
+        add_task(name, spec.make_source(), spec.media,
+                 metric_fns=evaluation.metric_fns if evaluation else (),
+                 postprocess_fn=evaluation.postprocess_fn if evaluation else None)
+    for name, members in BUILTIN_MIXTURES.items():
+      if name not in seqio.MixtureRegistry.names():
+        add_mixture(name, members)
+    _REGISTERED.append(True)
+
+
+def builtin_text(task_names: Optional[Sequence[str]] = None, split: str = "train",
+                 max_examples: Optional[int] = None):
+  """``(inputs, targets)`` of built-in tasks' split, without registering anything (vocab training).
+
+  ``max_examples`` caps the examples read per generated task (they render pixels to get text);
+  file-based tasks are read in full.
+  """
+  for name in task_names or list(BUILTIN_TASKS):
+    if name not in BUILTIN_TASKS:
+      raise ValueError(f"{name!r} is not a built-in task; built-ins: {list(BUILTIN_TASKS)}")
+    source = BUILTIN_TASKS[name].make_source()
+    cap = max_examples if isinstance(source, base.PythonSource) else None
+    yield from itertools.islice(source.text_pairs(split), cap)

@@ -1,0 +1,1 @@
+"""Example sources: embedded datasets, generated data and loaders for public formats."""

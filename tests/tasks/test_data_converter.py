@@ -1,0 +1,94 @@
+"""The PaLI-X feature converter: exact model keys, shifts, padding, masks and overflow policy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from palix.models import base as model_base
+from palix.tasks import feature_converter as fc
+
+LENGTHS = {"inputs": 5, "targets": 4}
+
+
+def _dataset(inputs, targets, num_images, size=8, record_id="file.jsonl:3"):
+  images = np.linspace(-1, 1, num_images * size * size * 3, dtype=np.float32).reshape(
+      num_images, size, size, 3)
+  example = {"inputs": np.array(inputs, np.int32), "targets": np.array(targets, np.int32),
+             "images": images, "record_id": record_id, "answers": ["x", "y"]}
+  return tf.data.Dataset.from_tensors(example), images
+
+
+def _convert(converter, dataset, lengths=LENGTHS):
+  return next(iter(converter(dataset, lengths).as_numpy_iterator()))
+
+
+def test_model_keys_are_exactly_the_documented_batch_keys():
+  documented = {line.split("``")[1] for line in model_base.__doc__.splitlines()
+                if line.startswith("``")}
+  assert set(fc.MODEL_FEATURES) == documented
+  converter = fc.PaliXFeatureConverter(num_images=3, image_size=8)
+  out = _convert(converter, _dataset([5, 6, 1], [7, 8, 1], 2)[0])
+  assert set(out) == documented
+  shapes = converter.get_model_feature_lengths(LENGTHS)
+  for key, value in out.items():
+    assert value.shape == shapes[key], key
+    assert value.dtype == fc.MODEL_FEATURES[key].as_numpy_dtype, key
+
+
+def test_tokens_are_padded_and_targets_shifted_right_with_bos_0():
+  dataset, images = _dataset([5, 6, 1], [7, 8, 1], 2)
+  out = _convert(fc.PaliXFeatureConverter(num_images=3, image_size=8), dataset)
+  np.testing.assert_array_equal(out["encoder_input_tokens"], [5, 6, 1, 0, 0])
+  np.testing.assert_array_equal(out["decoder_target_tokens"], [7, 8, 1, 0])
+  np.testing.assert_array_equal(out["decoder_input_tokens"], [0, 7, 8, 1])
+  np.testing.assert_array_equal(out["decoder_loss_weights"], [1, 1, 1, 0])
+  np.testing.assert_array_equal(out["image_mask"], [1, 1, 0])
+  np.testing.assert_array_equal(out["images"][:2], images)
+  assert np.all(out["images"][2] == 0)
+
+
+def test_exact_fit_is_accepted():
+  out = _convert(fc.PaliXFeatureConverter(num_images=1, image_size=8),
+                 _dataset([2, 3, 4, 5, 1], [9, 9, 9, 1], 1)[0])
+  np.testing.assert_array_equal(out["encoder_input_tokens"], [2, 3, 4, 5, 1])
+  np.testing.assert_array_equal(out["decoder_input_tokens"], [0, 9, 9, 9])
+
+
+def test_overlong_prompt_is_an_error_naming_task_and_record():
+  converter = fc.PaliXFeatureConverter(num_images=1, image_size=8, task_name="my_task")
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"(?s)my_task.*inputs is longer than its feature length 5"
+                     r".*file.jsonl:3"):
+    _convert(converter, _dataset([2, 3, 4, 5, 6, 1], [9, 1], 1)[0])
+
+
+def test_truncation_is_counted_and_keeps_eos_last():
+  counter = fc.TruncationCounter()
+  converter = fc.PaliXFeatureConverter(num_images=1, image_size=8, overflow="truncate",
+                                       task_name="t", counter=counter)
+  out = _convert(converter, _dataset([2, 3, 4, 5, 6, 7, 1], [9, 8, 7, 6, 1], 1)[0])
+  np.testing.assert_array_equal(out["encoder_input_tokens"], [2, 3, 4, 5, 1])
+  np.testing.assert_array_equal(out["decoder_target_tokens"], [9, 8, 7, 1])
+  assert counter.counts == {"t/inputs": 1, "t/targets": 1}
+  _convert(converter, _dataset([2, 3, 4, 5, 6, 7, 1], [9, 1], 1)[0])
+  assert counter.counts == {"t/inputs": 2, "t/targets": 1}
+
+
+def test_too_many_images_and_bad_settings_are_errors():
+  converter = fc.PaliXFeatureConverter(num_images=2, image_size=8, task_name="clips")
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)clips.*num_images=2"):
+    _convert(converter, _dataset([2, 1], [3, 1], 3)[0])
+  with pytest.raises(ValueError, match="exactly the keys"):
+    converter(_dataset([2, 1], [3, 1], 1)[0], {"inputs": 4})
+  with pytest.raises(ValueError, match="overflow"):
+    fc.PaliXFeatureConverter(overflow="ignore")
+  with pytest.raises(ValueError, match="feature 'images' missing"):
+    converter(tf.data.Dataset.from_tensors({"inputs": [1], "targets": [1]}), LENGTHS)
+
+
+def test_zero_example_has_no_images_and_no_loss():
+  converter = fc.PaliXFeatureConverter(num_images=2, image_size=8)
+  zero = fc.zero_example(converter, LENGTHS)
+  assert zero["images"].shape == (2, 8, 8, 3)
+  assert float(tf.reduce_sum(zero["decoder_loss_weights"])) == 0
+  assert int(tf.reduce_sum(zero["image_mask"])) == 0
