@@ -122,7 +122,7 @@ def test_score_batch_ranks_the_trained_target_first():
   params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(1))["params"])
   rng = np.random.default_rng(5)
   batch = _batch(rng, n=1)
-  opt = optax.adam(3e-3)
+  opt = optax.adam(5e-3)
   state = opt.init(params)
 
   @jax.jit
@@ -131,18 +131,19 @@ def test_score_batch_ranks_the_trained_target_first():
     updates, state = opt.update(grads, state)
     return optax.apply_updates(params, updates), state
 
-  for _ in range(60):
+  for _ in range(40):
     params, state = step(params, state)
-  true_scores = model.score_batch(params, batch)
+  score = jax.jit(model.score_batch)
+  true_scores = score(params, batch)
   for seed in range(3):
     corrupted = dict(batch)
     bad = np.random.default_rng(seed + 10).integers(2, VOCAB, batch["decoder_target_tokens"].shape)
     corrupted["decoder_target_tokens"] = bad.astype(np.int32)
     corrupted["decoder_input_tokens"] = np.concatenate(
         [np.zeros((2, 1), np.int32), bad[:, :-1].astype(np.int32)], axis=1)
-    assert np.all(np.asarray(true_scores) > np.asarray(model.score_batch(params, corrupted)))
+    assert np.all(np.asarray(true_scores) > np.asarray(score(params, corrupted)))
   # score_batch is the weighted sum of target log-likelihoods under the loss's logits.
-  logits = model.compute_logits(params, batch)
+  logits = jax.jit(model.compute_logits)(params, batch)
   logp = np.asarray(jax.nn.log_softmax(logits, -1))
   ref = np.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0].sum(-1)
   np.testing.assert_allclose(true_scores, ref, rtol=1e-5)
@@ -152,8 +153,8 @@ def test_frozen_vit_gets_no_gradient():
   model = PaliXModel(_config(freeze_vit=True), image_size=IMG, num_images=1, max_input_len=LE,
                      max_target_len=LD)
   params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(2))["params"])
-  grads = jax.grad(lambda p: model.loss_fn(p, _batch(np.random.default_rng(6), n=1), None)[0])(
-      params)
+  batch = _batch(np.random.default_rng(6), n=1)
+  grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(params)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["vit"]))
   assert float(jnp.abs(grads["projection"]["kernel"]).max()) > 0
   assert model.frozen_param_prefixes() == ("vit",)
