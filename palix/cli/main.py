@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "vocab": ("palix.cli.vocab", "train the SentencePiece vocabulary from task text"),
     "train": ("palix.cli.train", "train a gin-configured model (gin/runs/pretrain.gin, ...)"),
     "infer": ("palix.cli.infer", "predictions or metrics from a checkpoint (gin/runs/infer.gin)"),
+    "eval": ("palix.cli.eval", "benchmark metrics and an HTML report of a checkpoint"),
     "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
 }
 

@@ -1,0 +1,198 @@
+"""The benchmark evaluator behind ``palix eval``: decode a task or mixture, score it, report it.
+
+For each task of ``mixture_or_task_name`` (a mixture is evaluated task by task; rates do not
+apply), the first ``max_examples`` examples of ``split`` are decoded in batches with the model's
+``predict_batch_with_aux``, detokenized with the task's SentencePiece model, postprocessed and
+scored by the metric functions the task declares (seqio ``metric_fns``; see
+``palix/tasks/task_metrics.py`` for the built-ins). Outputs in ``output_dir``:
+
+* ``metrics.json`` / ``metrics.md``: ``{task: {metric: value, ..., num_examples}}``;
+* ``report.html`` with ``images/``: the first ``num_report_samples`` examples of every task;
+* ``predictions/<task>.jsonl``: every example's prompt, prediction, target and score.
+
+Nothing here imports TensorFlow; the data layer (``palix.tasks.eval_examples``) is imported when
+an evaluation starts. Runs in one process (all its local devices, data parallel).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+
+from palix import partitioning
+from palix.eval import report_samples
+from palix.eval import seqio_metrics
+from palix.eval import task_predictions
+from palix.eval.detokenizer import get_detokenizer
+from palix.eval.report import ReportFiles, write_report
+
+DEFAULT_OUTPUT_ROOT = "palix_eval"
+
+
+@dataclasses.dataclass
+class TaskResult:
+  """One evaluated task: its ``EvalTask``, the per-example predictions and its metrics."""
+  task: Any
+  predictions: List[task_predictions.ExamplePrediction]
+  scored: seqio_metrics.ScoredTask
+
+
+@dataclasses.dataclass
+class EvaluationOutput:
+  metrics: Dict[str, Dict[str, Any]]
+  report: ReportFiles
+  prediction_files: Dict[str, str]
+  output_dir: str
+
+
+def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
+                   task_feature_lengths: Mapping[str, int], batch_size: int,
+                   num_images: int = 1, image_size: int = 224,
+                   max_examples: Optional[int] = None,
+                   decode_kwargs: Optional[Mapping[str, Any]] = None,
+                   num_report_samples: int = 16,
+                   partitioner: Optional[partitioning.Partitioner] = None,
+                   overflow: str = "error", rng_seed: Optional[int] = None,
+                   progress: bool = True) -> Dict[str, TaskResult]:
+  """Decodes and scores every task of ``mixture_or_task_name``; returns ``{task: TaskResult}``.
+
+  Args:
+    model, params: a ``palix.models.base.BaseModel`` and its parameters.
+    mixture_or_task_name: a registered palix task or mixture.
+    split: the split every task is evaluated on (e.g. ``test``).
+    task_feature_lengths: ``{'inputs': Le, 'targets': Ld}``; ``Ld`` is also the decoding length.
+    batch_size: rows per decoding batch (predictions do not depend on it).
+    num_images, image_size: the batch geometry (``NUM_IMAGES``, ``IMAGE_SIZE``).
+    max_examples: evaluate the first ``max_examples`` examples of each task (default: all).
+    decode_kwargs: for ``predict_batch_with_aux`` (e.g. ``{'decode_fn': beam_search,
+      'beam_size': 4}``).
+    num_report_samples: examples per task that keep their images for the report.
+    partitioner: lays out the batch (default: data parallel over the local devices).
+    overflow: ``error`` or ``truncate`` for over-long prompts/targets (see ``get_batches``).
+    rng_seed: RNG for sampling decoders (see ``task_predictions.predict_task``).
+    progress: show a tqdm progress bar per task.
+  """
+  from palix.tasks import eval_examples  # pylint: disable=g-import-not-at-top  # TF
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f"max_examples must be >= 1 or None; got {max_examples}")
+  partitioner = partitioner or partitioning.Partitioner()
+  layout = partitioner.data_layout(batch_size)
+  target_length = int(task_feature_lengths["targets"])
+  results: Dict[str, TaskResult] = {}
+  for task in eval_examples.leaf_tasks(mixture_or_task_name, split):
+    all_fns = (task.predict_metric_fns + task.predict_with_aux_metric_fns
+               + task.score_metric_fns)
+    if not all_fns:
+      logging.warning("task %r declares no metric functions: its predictions are written and "
+                      "reported, its metrics are only num_examples", task.name)
+    batches = eval_examples.evaluation_batches(
+        task.name, split=split, batch_size=layout.local_batch_size,
+        feature_lengths=task_feature_lengths, num_images=num_images, image_size=image_size,
+        max_examples=max_examples, overflow=overflow, keep_media=num_report_samples)
+    total = task.num_examples if max_examples is None else min(task.num_examples, max_examples)
+    predictions = task_predictions.predict_task(
+        model, params, batches, detokenizer=get_detokenizer(task.vocabulary_path),
+        partitioner=partitioner, layout=layout, target_length=target_length,
+        decode_kwargs=decode_kwargs, class_texts=seqio_metrics.class_texts_of(all_fns),
+        score_targets=bool(task.score_metric_fns), keep_model_images=num_report_samples,
+        rng_seed=rng_seed, total=total, description=task.name, progress=progress)
+    results[task.name] = TaskResult(task, predictions,
+                                    seqio_metrics.score_task(task, predictions))
+  return results
+
+
+def _prediction_record(prediction: task_predictions.ExamplePrediction) -> Dict[str, Any]:
+  example = prediction.example
+  record = {"index": example["index"], "record_id": example["record_id"],
+            "prompt": example["inputs"], "prediction": prediction.text,
+            "target": example["targets"], "score": prediction.score,
+            "output_ids": prediction.output_ids}
+  for texts, scores in prediction.class_scores.items():
+    record.setdefault("class_scores", []).append(
+        {"best": texts[int(np.argmax(scores))], "scores": dict(zip(texts, scores.tolist()))})
+  if prediction.target_score is not None:
+    record["target_score"] = prediction.target_score
+  return record
+
+
+def write_outputs(output_dir: str, results: Mapping[str, TaskResult], *, title: str,
+                  description: str = "", num_report_samples: int = 16):
+  """Predictions JSONL per task, then ``write_report`` (metrics.json/.md, report.html)."""
+  os.makedirs(os.path.join(output_dir, "predictions"), exist_ok=True)
+  prediction_files, samples = {}, []
+  for name, result in results.items():
+    path = os.path.join(output_dir, "predictions", f"{name}.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+      for prediction in result.predictions:
+        f.write(json.dumps(_prediction_record(prediction)) + "\n")
+    prediction_files[name] = path
+    fns = (result.task.predict_metric_fns + result.task.predict_with_aux_metric_fns
+           + result.task.score_metric_fns)
+    shown = zip(result.predictions, result.scored.targets, result.scored.predictions)
+    for k, (prediction, target, output) in enumerate(shown):
+      if k >= num_report_samples:
+        break
+      samples.append(report_samples.report_sample(name, prediction, target, output, fns))
+  metrics = {name: result.scored.metrics for name, result in results.items()}
+  report = write_report(output_dir, metrics=metrics, samples=samples, title=title,
+                        description=description)
+  return report, prediction_files
+
+
+def default_output_dir(mixture_or_task_name: str, split: str) -> str:
+  """``./palix_eval/<name>-<split>``: where a run without ``output_dir`` writes."""
+  return os.path.join(os.getcwd(), DEFAULT_OUTPUT_ROOT, f"{mixture_or_task_name}-{split}")
+
+
+def _input_geometry(batch_size, num_images, image_size, task_feature_lengths):
+  le, ld = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
+  shapes = {"images": (batch_size, num_images, image_size, image_size, 3),
+            "image_mask": (batch_size, num_images), "encoder_input_tokens": (batch_size, le),
+            "decoder_input_tokens": (batch_size, ld), "decoder_target_tokens": (batch_size, ld),
+            "decoder_loss_weights": (batch_size, ld)}
+  types = {k: np.float32 if k in ("images", "decoder_loss_weights") else np.int32
+           for k in shapes}
+  return shapes, types
+
+
+@gin.configurable
+def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
+             mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             output_dir: Optional[str] = None, split: str = "test", batch_size: int = 32,
+             num_images: int = 1, image_size: int = 224, max_examples: Optional[int] = None,
+             decode_kwargs: Optional[Mapping[str, Any]] = None, num_report_samples: int = 16,
+             partitioner: Optional[partitioning.Partitioner] = None, overflow: str = "error",
+             rng_seed: Optional[int] = None, progress: bool = True) -> EvaluationOutput:
+  """Loads ``checkpoint_path`` into ``model`` and evaluates it (see the module docstring).
+
+  ``checkpoint_path`` is anything ``palix.training.checkpoints.load_params`` accepts: a training
+  run's folder, its ``checkpoints`` folder (latest step), one step, or a params-only checkpoint
+  (``palix convert``). ``output_dir`` defaults to :func:`default_output_dir`. The other
+  arguments are those of :func:`evaluate_tasks`.
+  """
+  from palix.training import infer  # pylint: disable=g-import-not-at-top  # orbax
+  if jax.process_count() > 1:
+    raise ValueError(f"palix eval runs in one process (this job has {jax.process_count()}); "
+                     "it gathers every prediction to score corpus-level metrics")
+  partitioner = partitioner or partitioning.Partitioner()
+  shapes, types = _input_geometry(batch_size, num_images, image_size, task_feature_lengths)
+  params = infer.load_model_params(model, checkpoint_path, partitioner, shapes, types)
+  results = evaluate_tasks(
+      model, params, mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
+      batch_size=batch_size, num_images=num_images, image_size=image_size,
+      max_examples=max_examples, decode_kwargs=decode_kwargs,
+      num_report_samples=num_report_samples, partitioner=partitioner, overflow=overflow,
+      rng_seed=rng_seed, progress=progress)
+  output_dir = output_dir or default_output_dir(mixture_or_task_name, split)
+  limit = "all examples" if max_examples is None else f"first {max_examples} examples per task"
+  report, files = write_outputs(
+      output_dir, results, title=f"{mixture_or_task_name} ({split})",
+      description=f"checkpoint {checkpoint_path}; {limit}", num_report_samples=num_report_samples)
+  metrics = {name: result.scored.metrics for name, result in results.items()}
+  return EvaluationOutput(metrics, report, files, output_dir)
