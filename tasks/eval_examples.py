@@ -38,6 +38,7 @@ from PIL import Image
 from palix.tasks import dataset
 from palix.tasks import media_io
 from palix.tasks.sources import base
+from palix.tasks.sources import episodes
 from palix.tasks.sources import shapes_detection
 
 Example = Dict[str, Any]
@@ -103,9 +104,23 @@ def raw_example(task_name: str, source: base.ExampleSource, split: str, index: i
                           for (top, left, bottom, right), _ in placed]
       example["labels"] = [label for _, label in placed]
     return example
+  if isinstance(source, episodes.EpisodeSource):
+    episode = source.raw_example(split, index)
+    paths = tuple(episode.get("image_paths", ()))
+    example.update({k: v for k, v in episode.items()
+                    if k not in ("pixels", "image_paths", "members", "example_seed", "augment")})
+    example["image_paths"] = paths
+    if "pixels" in episode:
+      example["image_size"] = tuple(episode["pixels"].shape[1:3])
+    else:
+      example["image_size"] = _image_size(paths[0])
+    if keep_media:
+      example["pixels"] = (episode["pixels"] if "pixels" in episode
+                           else [media_io.read_image(p) for p in paths])
+    return example
   if not isinstance(source, base.TableSource):
     raise ValueError(f"task {task_name!r}: cannot read raw examples of a {type(source).__name__} "
-                     "(expected a TableSource or PythonSource)")
+                     "(expected a TableSource, PythonSource or EpisodeSource)")
   record = source.records(split)[index]
   example.update(record_id=record.record_id, inputs=record.inputs, targets=record.targets,
                  image_paths=tuple(record.image_paths), video_path=record.video_path,

@@ -19,6 +19,7 @@ import seqio
 from palix.tasks import preprocessors
 from palix.tasks.sources import base
 from palix.tasks.sources import easy_vqa
+from palix.tasks.sources import episodes
 from palix.tasks.sources import fashion_mnist
 from palix.tasks.sources import moving_shapes
 from palix.tasks.sources import shapes_detection
@@ -92,14 +93,29 @@ BUILTIN_TASKS: Dict[str, BuiltinTask] = {
         lambda: moving_shapes.MovingShapesSource("caption", num_frames=MOVING_SHAPES_FRAMES),
         preprocessors.DecodeMedia(),
         description=f"{MOVING_SHAPES_FRAMES}-frame clips: 'a red circle moving left'"),
+    # Few-shot episodes (images [shot_1, ..., shot_k, query], text joined by <sep>):
+    "easy_vqa_episodes": BuiltinTask(
+        lambda: episodes.EpisodeSource(easy_vqa.EasyVqaSource("vqa"), shots=2,
+                                       name="easy_vqa_episodes"),
+        preprocessors.DecodeMedia(),
+        description="2-shot easy-VQA: 2 solved questions, then the query (3 images)"),
+    "shape_names_3shot": BuiltinTask(
+        lambda: episodes.RemappedShapeNamesSource(shots=3), preprocessors.DecodeMedia(),
+        description="in-context shape names: 3 shots fix this episode's words (4 images)"),
+    "shape_names_0shot": BuiltinTask(
+        lambda: episodes.RemappedShapeNamesSource(shots=0), preprocessors.DecodeMedia(),
+        description="shape_names_3shot's queries without the context (chance baseline)"),
 }
+
+# Few-shot episodes built from other tasks' examples (several images per example).
+EPISODE_TASKS = ("easy_vqa_episodes", "shape_names_3shot", "shape_names_0shot")
 
 BUILTIN_MIXTURES: Dict[str, Tuple[Tuple[str, float], ...]] = {
     # easy-VQA: questions and derived captions (the input-pipeline benchmark uses this one).
     "easy_vqa_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0)),
     # Everything embedded; needs num_images >= MOVING_SHAPES_FRAMES for the video tasks.
-    "embedded_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0), ("fashion_mnist_caption", 2.0),
-                     ("shapes_detection", 2.0), ("moving_shapes_vqa", 1.0),
+    "embedded_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0), ("fashion_mnist_caption", 1.0),
+                     ("shapes_detection", 3.0), ("moving_shapes_vqa", 1.5),
                      ("moving_shapes_caption", 1.0)),
 }
 
@@ -132,7 +148,8 @@ def builtin_text(task_names: Optional[Sequence[str]] = None, split: str = "train
   ``max_examples`` caps the examples read per generated task (they render pixels to get text);
   file-based tasks are read in full.
   """
-  for name in task_names or list(BUILTIN_TASKS):
+  # Episodes only recombine their base tasks' text, so the default leaves them out.
+  for name in task_names or [n for n in BUILTIN_TASKS if n not in EPISODE_TASKS]:
     if name not in BUILTIN_TASKS:
       raise ValueError(f"{name!r} is not a built-in task; built-ins: {list(BUILTIN_TASKS)}")
     source = BUILTIN_TASKS[name].make_source()

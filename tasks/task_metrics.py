@@ -10,6 +10,9 @@ task                              postprocessor (targets)        metric function
 ``moving_shapes_vqa``             (text)                         ``exact_match``
 ``fashion_mnist_caption``         (text)                         ``exact_match``,
                                                                  ``ZeroShotClassification``
+``easy_vqa_episodes``             ``postprocessors.vqa``         ``vqa_accuracy`` (query answer)
+``shape_names_3shot``             (text)                         ``exact_match``
+``shape_names_0shot``             (text)                         ``exact_match``
 ================================  =============================  ===================================
 
 The registry passes these to ``seqio.TaskRegistry.add`` (``metric_fns``, ``postprocess_fn``), so
@@ -53,4 +56,7 @@ BUILTIN_EVALUATION: Dict[str, TaskEvaluation] = {
     "moving_shapes_vqa": EXACT_MATCH,
     "fashion_mnist_caption": TaskEvaluation(
         None, (exact_match, aux_metrics.ZeroShotClassification(FASHION_MNIST_CAPTIONS))),
+    "easy_vqa_episodes": VQA,  # the query's own answers pass through the episode
+    "shape_names_3shot": EXACT_MATCH,
+    "shape_names_0shot": EXACT_MATCH,
 }

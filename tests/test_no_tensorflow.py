@@ -32,6 +32,9 @@ SCRIPT = textwrap.dedent("""
     import jax
     import palix
     import palix.cli.params
+    import palix.cli.infer
+    import palix.few_shot
+    import palix.generate
     import palix.interop.hf_vit
     import palix.loc_tokens
     from palix.models import vit

@@ -30,7 +30,8 @@ def _list(args):
     source = provider.source
     sizes = " ".join(f"{s}={source.num_input_examples(s)}" for s in source.splits) \
         if args.counts else " ".join(source.splits)
-    kind = "video" if (source.images_per_example or 1) > 1 else "image"
+    count = source.images_per_example or 1
+    kind = ("episode" if name in registry.EPISODE_TASKS else "video" if count > 1 else "image")
     spec = registry.BUILTIN_TASKS.get(name)
     description = spec.description if spec else type(source).__name__
     if isinstance(source, base.TableSource) and args.counts:

@@ -12,12 +12,52 @@ path); extra ``--gin.NAME=VALUE`` flags reach both steps.
 """
 
 import argparse
+import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from typing import Dict, List, Optional, Tuple
 
 from palix import config as palix_config
+
+# The demo's headline results: (task, metric, what it is, target from issue #8 or None). The full
+# table (every metric of every task) is printed by `palix eval` above it.
+HEADLINE: Tuple[Tuple[str, str, str, Optional[float]], ...] = (
+    ("easy_vqa", "vqa_accuracy", "easy-VQA test VQA accuracy (%)", 97.0),
+    ("shapes_detection", "mAP_50", "detection mAP@0.5", 0.5),
+    ("moving_shapes_vqa", "exact_match", "video QA accuracy", 0.9),
+    ("easy_vqa_caption", "CIDEr", "easy-VQA captions CIDEr", None),
+    ("moving_shapes_caption", "CIDEr", "video captions CIDEr", None),
+    ("fashion_mnist_caption", "exact_match", "Fashion-MNIST caption exact match", None),
+    ("shape_names_3shot", "exact_match", "few-shot: remapped shape names, 3-shot", None),
+    ("shape_names_0shot", "exact_match", "few-shot: the same queries, 0-shot", None),
+)
+
+
+def headline_table(metrics: Dict[str, Dict[str, float]]) -> List[str]:
+  """Markdown rows of the headline results present in ``metrics`` (``palix eval``'s JSON)."""
+  rows = ["| result | value | target |", "|---|---|---|"]
+  for task, metric, label, target in HEADLINE:
+    value = metrics.get(task, {}).get(metric)
+    if value is None:
+      continue
+    verdict = "" if target is None else f">= {target:g} ({'met' if value >= target else 'missed'})"
+    rows.append(f"| {label} | {value:.4g} | {verdict} |")
+  return rows
+
+
+def few_shot_showcase(predictions_dir: str) -> List[str]:
+  """One remapped-label episode: its prompt, the 3-shot answer and the 0-shot answer."""
+  paths = [os.path.join(predictions_dir, f"shape_names_{k}shot.jsonl") for k in (3, 0)]
+  if not all(os.path.isfile(p) for p in paths):
+    return []
+  with open(paths[0]) as few, open(paths[1]) as zero:
+    shot, alone = json.loads(few.readline()), json.loads(zero.readline())
+  return [f"few-shot prompt (4 images: 3 named shapes, then the query): {shot['prompt']!r}",
+          f"  3-shot answer: {shot['prediction']!r}   0-shot answer: {alone['prediction']!r}   "
+          f"target: {shot['target']!r}"]
 
 
 def _run(step: str, args) -> None:
@@ -52,7 +92,15 @@ def run(argv):
   trained = time.time()
   _run("eval", evaluate + common)
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-  print(f"\npalix demo: trained in {trained - start:.0f} s, evaluated in "
-        f"{time.time() - trained:.0f} s; peak memory of one step {peak_mib:.0f} MiB")
-  print(f"report: {args.model_dir}/eval/report.html")
+  eval_dir = os.path.join(args.model_dir, "eval")
+  with open(os.path.join(eval_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  print("\n# palix demo results\n")
+  print("\n".join(headline_table(metrics)))
+  showcase = few_shot_showcase(os.path.join(eval_dir, "predictions"))
+  if showcase:
+    print("\n" + "\n".join(showcase))
+  print(f"\ntrained in {trained - start:.0f} s, evaluated in {time.time() - trained:.0f} s; "
+        f"peak memory {peak_mib:.0f} MiB (largest process)")
+  print(f"report: {eval_dir}/report.html")
   return 0

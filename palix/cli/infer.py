@@ -3,10 +3,17 @@
 Runs the job the run file binds to ``palix.cli.infer.job.fn``: ``runs/infer.gin`` decodes a task
 split into a predictions JSONL file (``palix.training.infer.infer``); ``runs/eval.gin`` computes
 teacher-forced metrics (``palix.training.infer.evaluate``). See docs/training.md.
+
+With ``runs/prompt.gin`` and ``--prompt``, it answers one prompt about ``--image`` instead,
+zero-shot or with in-context examples from ``--examples`` (a JSONL file of
+``{"image": ..., "prompt": ..., "answer": ...}``; relative image paths are read from the file's
+folder). See docs/few_shot.md.
 """
 
 import argparse
 import json
+import os
+from typing import List
 
 import gin
 
@@ -20,9 +27,54 @@ def job(fn=gin.REQUIRED):
   return fn()
 
 
+def read_examples(path: str) -> List[dict]:
+  """In-context examples from a JSONL file; errors name the file and line."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--examples: {path}: file not found")
+  folder = os.path.dirname(os.path.abspath(path))
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+      missing = [k for k in ("image", "prompt", "answer")
+                 if not isinstance(record, dict) or not isinstance(record.get(k), str)]
+      if missing:
+        raise ValueError(f"{path}:{number}: needs string fields 'image', 'prompt' and 'answer'; "
+                         f"missing or not a string: {missing}")
+      examples.append(dict(record, image=os.path.join(folder, record["image"])))
+  return examples
+
+
 def run(argv):
   parser = argparse.ArgumentParser(prog="palix infer", description=__doc__.splitlines()[0])
-  run_config.parse_run_flags(argv, parser)
-  result = job()
-  print(result if isinstance(result, str) else json.dumps(result, indent=1, sort_keys=True))
+  parser.add_argument("--prompt", default=None,
+                      help="answer this prompt (with runs/prompt.gin) instead of running the job")
+  parser.add_argument("--image", action="append", default=[],
+                      help="query image file (repeat for several, e.g. video frames)")
+  parser.add_argument("--examples", default=None,
+                      help="JSONL file of in-context examples: image, prompt, answer")
+  args = run_config.parse_run_flags(argv, parser)
+  if args.prompt is None:
+    if args.image or args.examples:
+      parser.error("--image and --examples need --prompt")
+    result = job()
+    print(result if isinstance(result, str) else json.dumps(result, indent=1, sort_keys=True))
+    return 0
+  if not args.image:
+    parser.error("--prompt needs at least one --image")
+  from palix import generate  # pylint: disable=g-import-not-at-top
+  try:
+    examples = read_examples(args.examples) if args.examples else []
+    generator = generate.load_generator()
+    completion = generator.complete(args.image, args.prompt, examples)
+  except ValueError as e:
+    parser.error(str(e))
+  print(json.dumps({"prompt": args.prompt, "images": args.image, "num_examples": len(examples),
+                    "answer": completion.text, "tokens": list(completion.tokens),
+                    "logprob": round(completion.logprob, 4)}))
   return 0

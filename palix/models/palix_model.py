@@ -36,11 +36,50 @@ class PaliXConfig:
     t5: the text encoder-decoder.
     max_images: size of the learned per-image (frame) embedding table; 0 disables it.
     freeze_vit: no gradient flows into the ViT (the trainer also gives it no optimizer state).
+    segment_separator_id: token id that ends a text segment of an interleaved prompt (the palix
+      vocabulary's ``<sep>``, 1027), or None: all text follows all images. See
+      :func:`interleaved_order`.
   """
   vit: ViTConfig = gin.REQUIRED
   t5: T5Config = gin.REQUIRED
   max_images: int = 0
   freeze_vit: bool = False
+  segment_separator_id: Optional[int] = None
+
+
+def interleaved_order(image_mask, tokens, patches_per_image: int, separator_id: int):
+  """Permutation that interleaves image tokens and text segments in the encoder sequence.
+
+  The encoder sequence starts as ``[image 0 patches, ..., image N-1 patches, text]``. The text is
+  cut into segments, each ending with ``separator_id`` (the last one with EOS). With ``m``
+  segments and ``n`` valid images, segment ``j`` is placed right after valid image ``n - m + j``
+  (segments beyond the images go first). So a k-shot prompt
+  ``ex_1 <sep> ... ex_k <sep> query`` with images ``[img_1 .. img_k, query_img]`` becomes
+  ``img_1 ex_1 ... img_k ex_k query_img query``, and a single segment (the usual prompt) follows
+  all images, as without interleaving. Masked images and padding go last; being masked they do not
+  matter, and since positions count real tokens only, the result equals dropping them.
+
+  Returns ``int32 [B, N*patches + Le]``: position ``i`` of the new sequence takes element
+  ``order[i]`` of the old one.
+  """
+  b, n = image_mask.shape
+  length = tokens.shape[1]
+  stride = patches_per_image + length  # room for one image and a whole text in each slot
+  valid = image_mask > 0
+  rank = jnp.cumsum(valid, axis=1) - 1
+  slot = jnp.where(valid, rank, n + 1)
+  image_keys = (slot[:, :, None] * stride
+                + jnp.arange(patches_per_image)[None, None, :]).reshape(b, n * patches_per_image)
+  real = tokens > 0
+  ends = tokens == separator_id
+  segment = jnp.cumsum(ends, axis=1) - ends  # separators seen before this token
+  num_segments = jnp.max(jnp.where(real, segment + 1, 0), axis=1, keepdims=True)
+  follows = valid.sum(axis=1, keepdims=True) - num_segments + segment
+  position = jnp.arange(length)[None, :]
+  text_keys = jnp.where(real, follows * stride + patches_per_image + position,
+                        (n + 2) * stride + position)
+  keys = jnp.concatenate([image_keys, text_keys], axis=1)
+  return jnp.argsort(keys, axis=1, stable=True).astype(jnp.int32)
 
 
 class PaliX(nn.Module):
@@ -82,11 +121,20 @@ class PaliX(nn.Module):
     return tokens.reshape(b, n * k, d), valid
 
   def encode(self, images, image_mask, encoder_input_tokens, deterministic=True):
-    """Returns ``(encoded [B, N*k + Le, D], encoder_mask [B, N*k + Le])``."""
+    """Returns ``(encoded [B, N*k + Le, D], encoder_mask [B, N*k + Le])``.
+
+    With ``segment_separator_id`` set, the sequence is interleaved (:func:`interleaved_order`);
+    the decoder's cross-attention does not depend on the order.
+    """
     visual, visual_valid = self.embed_images(images, image_mask, deterministic)
     text = self.text.embed(encoder_input_tokens)
     embeds = jnp.concatenate([visual.astype(text.dtype), text], axis=1)
     mask = jnp.concatenate([visual_valid, encoder_input_tokens > 0], axis=1)
+    if self.config.segment_separator_id is not None:
+      order = interleaved_order(image_mask, encoder_input_tokens, visual.shape[1] // images.shape[1],
+                                self.config.segment_separator_id)
+      embeds = jnp.take_along_axis(embeds, order[:, :, None], axis=1)
+      mask = jnp.take_along_axis(mask, order, axis=1)
     # Positions count real tokens only, so a masked image leaves no gap (masking == dropping).
     positions = jnp.cumsum(mask, axis=1) - 1
     encoded = self.text.encode(embeds, mask, positions=positions, deterministic=deterministic)
