@@ -113,10 +113,21 @@ EPISODE_TASKS = ("easy_vqa_episodes", "shape_names_3shot", "shape_names_0shot")
 BUILTIN_MIXTURES: Dict[str, Tuple[Tuple[str, float], ...]] = {
     # easy-VQA: questions and derived captions (the input-pipeline benchmark uses this one).
     "easy_vqa_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0)),
+    # In-context learning: episodes, plus captions of the same images so that the encoder learns
+    # to see shapes (the episodes alone supervise shape only through the remapped words).
+    "shape_names_mix": (("shape_names_3shot", 2.0), ("easy_vqa_caption", 1.0)),
+    # Evaluation of in-context learning: the same queries with and without their 3 shots.
+    "shape_names_eval": (("shape_names_3shot", 1.0), ("shape_names_0shot", 1.0)),
     # Everything embedded; needs num_images >= MOVING_SHAPES_FRAMES for the video tasks.
     "embedded_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 1.0), ("fashion_mnist_caption", 1.0),
-                     ("shapes_detection", 3.0), ("moving_shapes_vqa", 1.5),
-                     ("moving_shapes_caption", 1.0)),
+                     ("shapes_detection", 3.0), ("moving_shapes_vqa", 2.0),
+                     ("moving_shapes_caption", 1.0), ("shape_names_3shot", 2.0)),
+    # What `make demo` evaluates: embedded_mix plus the 0-shot chance baseline of the few-shot task
+    # (never trained on: its answers are unknowable without the shots).
+    "embedded_eval_mix": (("easy_vqa", 1.0), ("easy_vqa_caption", 1.0),
+                          ("fashion_mnist_caption", 1.0), ("shapes_detection", 1.0),
+                          ("moving_shapes_vqa", 1.0), ("moving_shapes_caption", 1.0),
+                          ("shape_names_3shot", 1.0), ("shape_names_0shot", 1.0)),
 }
 
 _LOCK = threading.Lock()

@@ -8,6 +8,8 @@ imports a module that registers your own tasks first (repeatable).
 
 import argparse
 import importlib
+import os
+import sys
 
 
 def _add_common(parser):
@@ -94,6 +96,11 @@ def run(argv):
   args = parser.parse_args(argv)
   from palix.tasks import tf_setup  # pylint: disable=g-import-not-at-top
   tf_setup.quiet_tensorflow_logs()
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
   for module in args.module:
-    importlib.import_module(module)
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      parser.error(f"--module {module}: {e}")
   return _list(args) if args.action == "list" else _show(args)

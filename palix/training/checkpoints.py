@@ -43,7 +43,7 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str, *, keep: Optional[int] = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory)
+    self.directory = pathlib.Path(directory).absolute()  # Orbax refuses relative paths
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
@@ -77,7 +77,7 @@ class Checkpoints:
 
 def resolve_pytree_dir(path: str) -> pathlib.Path:
   """The Orbax pytree folder holding ``{'params': ...}`` for any accepted checkpoint path."""
-  root = pathlib.Path(path)
+  root = pathlib.Path(path).absolute()
   if not root.is_dir():
     raise FileNotFoundError(f"checkpoint {path!r} does not exist (or is not a folder)")
   if (root / "_METADATA").exists():

@@ -7,8 +7,11 @@ at once, with how to set it.
 """
 
 import argparse
+import importlib
 import logging
+import os
 import pathlib
+import sys
 from typing import List, Sequence
 
 import gin
@@ -71,7 +74,17 @@ def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> arg
   bindings, rest = palix_config.split_gin_bindings(argv)
   palix_config.add_gin_flags(parser)
   add_distributed_flags(parser)
+  parser.add_argument("--module", action="append", default=[],
+                      help="import this module first, e.g. one that registers your own tasks "
+                      "(found in the current folder or on PYTHONPATH); repeatable")
   args = parser.parse_args(rest)
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  for module in args.module:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      parser.error(f"--module {module}: {e}")
   if not args.gin_file:
     parser.error("at least one --gin_file is required (a model file, a run file from gin/runs/ "
                  "and your experiment settings)")

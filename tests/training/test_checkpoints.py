@@ -58,6 +58,21 @@ def test_train_state_round_trip_and_path_resolution(tmp_path):
   np.testing.assert_array_equal(loaded["encoder/proj/kernel"], params["encoder"]["proj"]["kernel"])
 
 
+def test_relative_model_dirs_save_and_load(tmp_path, monkeypatch):
+  """``MODEL_DIR='runs/demo'`` (relative, as `make demo` uses) works although Orbax wants
+  absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  params = _params()
+  state = TrainState(step=jnp.asarray(1, jnp.int32), params=params, opt_state=(),
+                     rng=jax.random.key_data(jax.random.key(0)))
+  ckpts = checkpoints.Checkpoints("runs/demo/checkpoints", keep=1)
+  ckpts.save(1, state, {})
+  ckpts.close()
+  assert (tmp_path / "runs/demo/checkpoints/1/state").is_dir()
+  loaded = checkpoints.load_params("runs/demo", _abstract(params))
+  np.testing.assert_array_equal(loaded["encoder/proj/kernel"], params["encoder"]["proj"]["kernel"])
+
+
 def test_partial_restore_with_rename_from_params_only_checkpoint(tmp_path):
   source = {"img": _params(3.0)["encoder"], "other": {"w": jnp.zeros((2,))}}
   path = _save_params_only(tmp_path / "converted", source)
