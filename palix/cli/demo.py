@@ -22,6 +22,10 @@ from typing import Dict, List, Optional, Tuple
 
 from palix import config as palix_config
 
+TRAIN_ONLY_PREFIXES = ("trainer.", "optimizers.", "schedules.", "palix.training.trainer.",
+                       "palix.training.optimizers.", "palix.training.schedules.")
+EVAL_ONLY_PREFIXES = ("evaluator.", "palix.eval.evaluator.")
+
 # The demo's headline results: (task, metric, what it is, target from issue #8 or None). The full
 # table (every metric of every task) is printed by `palix eval` above it.
 HEADLINE: Tuple[Tuple[str, str, str, Optional[float]], ...] = (
@@ -34,6 +38,16 @@ HEADLINE: Tuple[Tuple[str, str, str, Optional[float]], ...] = (
     ("shape_names_3shot", "exact_match", "few-shot: remapped shape names, 3-shot", None),
     ("shape_names_0shot", "exact_match", "few-shot: the same queries, 0-shot", None),
 )
+
+
+def route_bindings(bindings: List[str]) -> Tuple[List[str], List[str], List[str]]:
+  """``--gin.`` flags for both steps, for `palix train` only and for `palix eval` only: each step
+  imports only its own modules, so gin would reject the other step's configurables."""
+  flag = lambda b: f"--gin.{b}"
+  train = [flag(b) for b in bindings if b.startswith(TRAIN_ONLY_PREFIXES)]
+  evaluate = [flag(b) for b in bindings if b.startswith(EVAL_ONLY_PREFIXES)]
+  both = [flag(b) for b in bindings if not b.startswith(TRAIN_ONLY_PREFIXES + EVAL_ONLY_PREFIXES)]
+  return both, train, evaluate
 
 
 def headline_table(metrics: Dict[str, Dict[str, float]]) -> List[str]:
@@ -76,7 +90,7 @@ def run(argv):
   parser.add_argument("--max_eval_examples", type=int, default=None,
                       help="test examples per task (default: gin)")
   args = parser.parse_args(rest)
-  common = [f"--gin.{b}" for b in bindings]
+  common, train_only, eval_only = route_bindings(bindings)
   # The run file goes first so that the experiment files set its REQUIRED macros.
   train = ["--gin_file=runs/pretrain.gin", "--gin_file=experiments/demo_model.gin",
            "--gin_file=experiments/demo_train.gin", f"--gin.MODEL_DIR='{args.model_dir}'"]
@@ -88,9 +102,9 @@ def run(argv):
   if args.max_eval_examples is not None:
     evaluate.append(f"--gin.MAX_EVAL_EXAMPLES={args.max_eval_examples}")
   start = time.time()
-  _run("train", train + common)
+  _run("train", train + common + train_only)
   trained = time.time()
-  _run("eval", evaluate + common)
+  _run("eval", evaluate + common + eval_only)
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
   eval_dir = os.path.join(args.model_dir, "eval")
   with open(os.path.join(eval_dir, "metrics.json")) as f:

@@ -61,3 +61,12 @@ def test_headline_table_marks_targets():
   assert rows[2] == "| easy-VQA test VQA accuracy (%) | 97.5 | >= 97 (met) |"
   assert rows[3] == "| detection mAP@0.5 | 0.25 | >= 0.5 (missed) |"
   assert len(rows) == 4  # absent tasks are left out, not shown as zero
+
+
+def test_training_and_evaluation_bindings_reach_only_their_step():
+  both, train, evaluate = demo.route_bindings(
+      ["trainer.train.log_period=5", "schedules.cosine.warmup_steps=10", "IMAGE_SIZE=32",
+       "evaluator.evaluate.batch_size=8", "T5Config.dropout_rate=0.1"])
+  assert both == ["--gin.IMAGE_SIZE=32", "--gin.T5Config.dropout_rate=0.1"]
+  assert train == ["--gin.trainer.train.log_period=5", "--gin.schedules.cosine.warmup_steps=10"]
+  assert evaluate == ["--gin.evaluator.evaluate.batch_size=8"]
