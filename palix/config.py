@@ -7,9 +7,12 @@
 
 import argparse
 import contextlib
+import importlib
 import logging
+import os
 import pathlib
 import re
+import sys
 from typing import List, Sequence, Tuple
 
 import gin
@@ -23,6 +26,25 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
                       help="gin file to parse (repeatable); relative paths also resolve under gin/")
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="comma-separated folders searched for gin files and includes")
+
+
+def add_module_flag(parser: argparse.ArgumentParser) -> None:
+  """``--module M`` (repeatable): a module to import first, e.g. one registering your tasks."""
+  parser.add_argument("--module", action="append", default=[],
+                      help="import this module first, e.g. one that registers your own tasks "
+                      "(found in the current folder or on PYTHONPATH); repeatable")
+
+
+def import_modules(modules: Sequence[str], parser: argparse.ArgumentParser) -> None:
+  """Imports ``--module`` modules, the current folder first on the path; a failure exits through
+  ``parser.error`` naming the module."""
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      parser.error(f"--module {module}: {e}")
 
 
 def split_gin_bindings(argv: Sequence[str]) -> Tuple[List[str], List[str]]:

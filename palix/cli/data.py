@@ -7,14 +7,12 @@ imports a module that registers your own tasks first (repeatable).
 """
 
 import argparse
-import importlib
-import os
-import sys
+
+from palix import config as palix_config
 
 
 def _add_common(parser):
-  parser.add_argument("--module", action="append", default=[],
-                      help="import this module first (it registers your tasks); repeatable")
+  palix_config.add_module_flag(parser)
 
 
 def _list(args):
@@ -96,11 +94,5 @@ def run(argv):
   args = parser.parse_args(argv)
   from palix.tasks import tf_setup  # pylint: disable=g-import-not-at-top
   tf_setup.quiet_tensorflow_logs()
-  if os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())
-  for module in args.module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      parser.error(f"--module {module}: {e}")
+  palix_config.import_modules(args.module, parser)
   return _list(args) if args.action == "list" else _show(args)

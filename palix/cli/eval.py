@@ -9,8 +9,6 @@ docs/evaluation.md.
 """
 
 import argparse
-import importlib
-import os
 import pathlib
 import sys
 
@@ -28,17 +26,9 @@ OPTIONAL_MACROS = {"EVAL_OUTPUT_DIR": None}  # required by the run file's teache
 def _parse(argv, parser) -> None:
   bindings, rest = palix_config.split_gin_bindings(argv)
   palix_config.add_gin_flags(parser)
-  parser.add_argument("--module", action="append", default=[],
-                      help="import this module first, e.g. one that registers your tasks "
-                      "(found in the current folder or on PYTHONPATH); repeatable")
+  palix_config.add_module_flag(parser)
   args = parser.parse_args(rest)
-  if os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())
-  for module in args.module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      parser.error(f"--module {module}: {e}")
+  palix_config.import_modules(args.module, parser)
   if not args.gin_file:
     parser.error("at least one --gin_file is required: a model file (e.g. "
                  "models/palix/palix_tiny.gin), the run file runs/eval.gin and your "

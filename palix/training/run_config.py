@@ -7,11 +7,8 @@ at once, with how to set it.
 """
 
 import argparse
-import importlib
 import logging
-import os
 import pathlib
-import sys
 from typing import List, Sequence
 
 import gin
@@ -74,17 +71,9 @@ def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> arg
   bindings, rest = palix_config.split_gin_bindings(argv)
   palix_config.add_gin_flags(parser)
   add_distributed_flags(parser)
-  parser.add_argument("--module", action="append", default=[],
-                      help="import this module first, e.g. one that registers your own tasks "
-                      "(found in the current folder or on PYTHONPATH); repeatable")
+  palix_config.add_module_flag(parser)
   args = parser.parse_args(rest)
-  if os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())
-  for module in args.module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      parser.error(f"--module {module}: {e}")
+  palix_config.import_modules(args.module, parser)
   if not args.gin_file:
     parser.error("at least one --gin_file is required (a model file, a run file from gin/runs/ "
                  "and your experiment settings)")
