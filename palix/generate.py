@@ -25,11 +25,6 @@ from palix import few_shot
 ImageLike = Union[str, os.PathLike, np.ndarray, Any]  # a path, an array [H, W, 3], a PIL image
 
 
-def _default_vocabulary() -> str:
-  import palix.tasks  # pylint: disable=g-import-not-at-top  # the package only: no TensorFlow
-  return os.path.join(os.path.dirname(palix.tasks.__file__), "assets", "palix_sp.model")
-
-
 @dataclasses.dataclass(frozen=True)
 class Completion:
   """A decoded answer: its text, token ids (EOS excluded) and summed log-probability."""
@@ -79,9 +74,10 @@ class Generator:
 
   def __init__(self, model, params, vocabulary_path: Optional[str] = None):
     import sentencepiece  # pylint: disable=g-import-not-at-top
+    from palix.tasks import vocabulary  # pylint: disable=g-import-not-at-top  # seqio only lazily
     self.model = model
     self.params = params
-    self.vocabulary_path = vocabulary_path or _default_vocabulary()
+    self.vocabulary_path = vocabulary_path or vocabulary.DEFAULT_MODEL
     self.processor = sentencepiece.SentencePieceProcessor(model_file=self.vocabulary_path)
     if model.config.segment_separator_id is not None:
       separator = self.processor.piece_to_id(few_shot.SEPARATOR)
@@ -119,7 +115,7 @@ class Generator:
       raise ValueError("this model does not interleave prompts (PaliXConfig.segment_separator_id "
                        "is None), so it cannot take in-context examples")
     text = few_shot.episode_text([(p, a) for _, p, a in examples], prompt)
-    tokens = self.processor.encode(text) + [1]
+    tokens = self.processor.encode(text) + [self.model.eos_id]
     if len(tokens) > self.model.max_input_len:
       raise ValueError(f"the prompt is {len(tokens)} tokens with EOS ({text!r}); the model takes "
                        f"at most max_input_len={self.model.max_input_len}")
@@ -138,9 +134,11 @@ class Generator:
     batch = self.encode_prompt(images, prompt, examples)
     tokens, aux = self.model.predict_batch_with_aux(self.params, batch, rng, **decode_kwargs)
     tokens = [int(t) for t in np.asarray(tokens)[0]]
-    length = tokens.index(1) if 1 in tokens else len(tokens)
-    logprob = float(np.sum(np.asarray(aux["logprobs"])[0][:length + (1 in tokens)])) \
-        if "logprobs" in aux else float("nan")
+    ended = self.model.eos_id in tokens
+    length = tokens.index(self.model.eos_id) if ended else len(tokens)
+    logprob = float("nan")
+    if "logprobs" in aux:  # the answer's tokens and its EOS
+      logprob = float(np.sum(np.asarray(aux["logprobs"])[0][:length + ended]))
     answer = tuple(t for t in tokens[:length] if t != 0)
     return Completion(self.detokenize(answer), answer, logprob)
 

@@ -108,7 +108,7 @@ def raw_example(task_name: str, source: base.ExampleSource, split: str, index: i
     episode = source.raw_example(split, index)
     paths = tuple(episode.get("image_paths", ()))
     example.update({k: v for k, v in episode.items()
-                    if k not in ("pixels", "image_paths", "members", "example_seed", "augment")})
+                    if k not in ("pixels", "image_paths", "members")})
     example["image_paths"] = paths
     if "pixels" in episode:
       example["image_size"] = tuple(episode["pixels"].shape[1:3])

@@ -319,3 +319,17 @@ def test_few_shot_module_needs_no_tensorflow():
   code = ("import sys; from palix import few_shot; few_shot.episode_text([('a', 'b')], 'c'); "
           "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluation_reads_episodes_as_raw_examples(vqa_episodes, vqa_base):
+  """``palix eval``'s raw-example reader gives the episode's texts, query answers and images."""
+  from palix.tasks import eval_examples  # pylint: disable=g-import-not-at-top
+  example = eval_examples.raw_example("easy_vqa_episodes", vqa_episodes, "test", 3,
+                                      keep_media=True)
+  episode = vqa_episodes.raw_example("test", 3)
+  assert example["inputs"] == episode["inputs"] and example["targets"] == episode["targets"]
+  assert example["answers"] == episode["answers"]
+  members = episode["members"]
+  assert example["image_paths"] == tuple(vqa_base.records("test")[m].image_paths[0]
+                                         for m in members)
+  assert len(example["pixels"]) == len(members) and example["image_size"] == (64, 64)
