@@ -58,7 +58,9 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
                    num_report_samples: int = 16,
                    partitioner: Optional[partitioning.Partitioner] = None,
                    overflow: str = "error", rng_seed: Optional[int] = None,
-                   progress: bool = True) -> Dict[str, TaskResult]:
+                   progress: bool = True,
+                   feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
+                   ) -> Dict[str, TaskResult]:
   """Decodes and scores every task of ``mixture_or_task_name``; returns ``{task: TaskResult}``.
 
   Args:
@@ -67,7 +69,9 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
     split: the split every task is evaluated on (e.g. ``test``).
     task_feature_lengths: ``{'inputs': Le, 'targets': Ld}``; ``Ld`` is also the decoding length.
     batch_size: rows per decoding batch (predictions do not depend on it).
-    num_images, image_size: the batch geometry (``NUM_IMAGES``, ``IMAGE_SIZE``).
+    num_images, image_size: the batch geometry (``NUM_IMAGES``, ``IMAGE_SIZE``); each task is
+      decoded with its own image count when its source fixes one (``palix.tasks.geometry``;
+      masked image slots do not change predictions, they only cost compute).
     max_examples: evaluate the first ``max_examples`` examples of each task (default: all).
     decode_kwargs: for ``predict_batch_with_aux`` (e.g. ``{'decode_fn': beam_search,
       'beam_size': 4}``).
@@ -76,15 +80,21 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
     overflow: ``error`` or ``truncate`` for over-long prompts/targets (see ``get_batches``).
     rng_seed: RNG for sampling decoders (see ``task_predictions.predict_task``).
     progress: show a tqdm progress bar per task.
+    feature_lengths_by_task: ``{task: {'inputs': ..., 'targets': ...}}`` for tasks that need
+      less than ``task_feature_lengths`` (its ``targets`` is that task's decoding length).
   """
   from palix.tasks import eval_examples  # pylint: disable=g-import-not-at-top  # TF
+  from palix.tasks import geometry as geometry_lib  # pylint: disable=g-import-not-at-top
   if max_examples is not None and max_examples < 1:
     raise ValueError(f"max_examples must be >= 1 or None; got {max_examples}")
   partitioner = partitioner or partitioning.Partitioner()
   layout = partitioner.data_layout(batch_size)
-  target_length = int(task_feature_lengths["targets"])
+  geometry_lib.check_lengths_by_task(feature_lengths_by_task, task_feature_lengths)
   results: Dict[str, TaskResult] = {}
   for task in eval_examples.leaf_tasks(mixture_or_task_name, split):
+    geometry = geometry_lib.task_geometry(task.name, num_images=num_images,
+                                          feature_lengths=task_feature_lengths,
+                                          feature_lengths_by_task=feature_lengths_by_task)
     all_fns = (task.predict_metric_fns + task.predict_with_aux_metric_fns
                + task.score_metric_fns)
     if not all_fns:
@@ -92,12 +102,14 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
                       "reported, its metrics are only num_examples", task.name)
     batches = eval_examples.evaluation_batches(
         task.name, split=split, batch_size=layout.local_batch_size,
-        feature_lengths=task_feature_lengths, num_images=num_images, image_size=image_size,
-        max_examples=max_examples, overflow=overflow, keep_media=num_report_samples)
+        feature_lengths=geometry.feature_lengths, num_images=geometry.num_images,
+        image_size=image_size, max_examples=max_examples, overflow=overflow,
+        keep_media=num_report_samples)
     total = task.num_examples if max_examples is None else min(task.num_examples, max_examples)
     predictions = task_predictions.predict_task(
         model, params, batches, detokenizer=get_detokenizer(task.vocabulary_path),
-        partitioner=partitioner, layout=layout, target_length=target_length,
+        partitioner=partitioner, layout=layout,
+        target_length=geometry.feature_lengths["targets"],
         decode_kwargs=decode_kwargs, class_texts=seqio_metrics.class_texts_of(all_fns),
         score_targets=bool(task.score_metric_fns), keep_model_images=num_report_samples,
         rng_seed=rng_seed, total=total, description=task.name, progress=progress)
@@ -168,7 +180,9 @@ def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
              num_images: int = 1, image_size: int = 224, max_examples: Optional[int] = None,
              decode_kwargs: Optional[Mapping[str, Any]] = None, num_report_samples: int = 16,
              partitioner: Optional[partitioning.Partitioner] = None, overflow: str = "error",
-             rng_seed: Optional[int] = None, progress: bool = True) -> EvaluationOutput:
+             rng_seed: Optional[int] = None, progress: bool = True,
+             feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
+             ) -> EvaluationOutput:
   """Loads ``checkpoint_path`` into ``model`` and evaluates it (see the module docstring).
 
   ``checkpoint_path`` is anything ``palix.training.checkpoints.load_params`` accepts: a training
@@ -188,7 +202,7 @@ def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
       batch_size=batch_size, num_images=num_images, image_size=image_size,
       max_examples=max_examples, decode_kwargs=decode_kwargs,
       num_report_samples=num_report_samples, partitioner=partitioner, overflow=overflow,
-      rng_seed=rng_seed, progress=progress)
+      rng_seed=rng_seed, progress=progress, feature_lengths_by_task=feature_lengths_by_task)
   output_dir = output_dir or default_output_dir(mixture_or_task_name, split)
   limit = "all examples" if max_examples is None else f"first {max_examples} examples per task"
   report, files = write_outputs(

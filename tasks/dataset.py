@@ -11,6 +11,10 @@ so:
 * shard ``s`` of ``S`` gets rows ``s*B:(s+1)*B`` of the global batch of ``S*B`` rows; shards are
   disjoint and together equal the unsharded stream with ``batch_size=S*B``.
 
+With ``batch_parts=True`` a batch is a tuple of parts, one per geometry of the mixture's tasks
+(``palix.tasks.geometry``): every task gets its share of the rows in every batch, shaped by its
+own image count and lengths rather than the largest of the mixture. The same guarantees hold.
+
 ``repeat=False`` visits every example of the split(s) once; the last batch is filled with all-zero
 rows (``image_mask`` 0, ``decoder_loss_weights`` 0), so every batch has ``batch_size`` rows and all
 shards yield the same number of batches.
@@ -27,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from palix.tasks import feature_converter as converter_lib
+from palix.tasks import geometry as geometry_lib
 from palix.tasks import preprocessors
 from palix.tasks import registry
 from palix.tasks import schedule as schedule_lib
@@ -35,6 +40,8 @@ from palix.tasks.sources import base
 
 DataError = base.DataError
 Provider = Union[seqio.Task, seqio.Mixture]
+# A batch of the model's keys, or with ``batch_parts`` a tuple of them (one per geometry).
+Batch = Union[Dict[str, np.ndarray], Tuple[Dict[str, np.ndarray], ...]]
 
 
 def get_task_or_mixture(name: str) -> Provider:
@@ -76,6 +83,8 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
                  feature_lengths: Mapping[str, int], num_images: int = 1, image_size: int = 224,
                  seed: int = 0, shuffle: bool = True, repeat: bool = True, start_step: int = 0,
                  shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
+                 batch_parts: bool = False,
+                 feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
                  counter: Optional[converter_lib.TruncationCounter] = None) -> tf.data.Dataset:
   """The ``tf.data`` pipeline behind :func:`get_batches` (same arguments)."""
   tf_setup.configure_tensorflow()
@@ -93,6 +102,22 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
       raise ValueError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
   streams = [(f"{t.name}:{split}", t.num_input_examples(split)) for t in tasks]
   schedule = schedule_lib.Schedule(streams, rates, seed=seed, shuffle=shuffle, repeat=repeat)
+  geometry_lib.check_lengths_by_task(feature_lengths_by_task, feature_lengths)
+  counter = counter or converter_lib.TruncationCounter()
+  if batch_parts:
+    if not repeat:
+      raise ValueError("batch_parts is for training streams (repeat=True); a finite stream is "
+                       "read task by task (palix.tasks.eval_examples)")
+    geometries = [geometry_lib.task_geometry(
+        t.name, num_images=num_images, feature_lengths=feature_lengths,
+        feature_lengths_by_task=feature_lengths_by_task) for t in tasks]
+    return _batch_parts(
+        tasks, rates, schedule, geometries, split=split, batch_size=batch_size,
+        image_size=image_size, seed=seed, start_step=start_step, shard_index=shard_index,
+        num_shards=num_shards, overflow=overflow, counter=counter)
+  if feature_lengths_by_task:
+    raise ValueError("feature_lengths_by_task needs batch_parts=True: a batch without parts has "
+                     "one geometry for all its tasks")
 
   rows = tf.constant(batch_size, tf.int64)
 
@@ -107,9 +132,6 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
     elements = tf.data.Dataset.range(max(num_batches - start_step, 0) * batch_size)
   positions = elements.map(_plain(position))
 
-  sequence_length = dict(feature_lengths)
-  sequence_length[preprocessors.IMAGE_SIZE_KEY] = image_size
-  counter = counter or converter_lib.TruncationCounter()
   single = len(tasks) == 1 and repeat
   branches = []
   for task_id, task in enumerate(tasks):
@@ -119,11 +141,9 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
     branch = branch.map(
         _plain(lambda p, t=task_id, task=task: task.source.example(split, *schedule.locate(p, t))),
         num_parallel_calls=tf.data.AUTOTUNE)
-    branch = task.preprocess_precache(branch, seed=seed)
-    branch = task.preprocess_postcache(branch, sequence_length=sequence_length, seed=seed)
-    converter = converter_lib.PaliXFeatureConverter(num_images, image_size, overflow,
-                                                    task_name=task.name, counter=counter)
-    branches.append(converter(branch, feature_lengths).prefetch(tf.data.AUTOTUNE))
+    geometry = geometry_lib.Geometry(num_images, dict(feature_lengths))
+    branches.append(_model_features(task, branch, geometry, image_size=image_size, seed=seed,
+                                    overflow=overflow, counter=counter))
   if not repeat:
     padding = converter_lib.zero_example(
         converter_lib.PaliXFeatureConverter(num_images, image_size), feature_lengths)
@@ -139,11 +159,72 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
   return dataset.with_options(options)
 
 
+def _model_features(task: seqio.Task, examples: tf.data.Dataset, geometry: geometry_lib.Geometry,
+                    *, image_size: int, seed: int, overflow: str,
+                    counter: converter_lib.TruncationCounter) -> tf.data.Dataset:
+  """A task's source examples -> its preprocessors -> the model's keys in ``geometry``."""
+  sequence_length = dict(geometry.feature_lengths)
+  sequence_length[preprocessors.IMAGE_SIZE_KEY] = image_size
+  examples = task.preprocess_precache(examples, seed=seed)
+  examples = task.preprocess_postcache(examples, sequence_length=sequence_length, seed=seed)
+  converter = converter_lib.PaliXFeatureConverter(geometry.num_images, image_size, overflow,
+                                                  task_name=task.name, counter=counter)
+  return converter(examples, geometry.feature_lengths).prefetch(tf.data.AUTOTUNE)
+
+
+def part_rows(rates: List[float], batch_size: int) -> List[int]:
+  """Rows per task in every batch of ``batch_parts``: the rates' largest-remainder shares."""
+  if batch_size < len(rates):
+    raise ValueError(f"batch_parts gives every task at least one row of every batch; batch_size "
+                     f"{batch_size} (per shard) is less than the {len(rates)} tasks")
+  return [int(r) for r in schedule_lib.block_quotas(rates, batch_size)]
+
+
+def _batch_parts(tasks: List[seqio.Task], rates: List[float], schedule: schedule_lib.Schedule,
+                 geometries: List[geometry_lib.Geometry], *, split: str, batch_size: int,
+                 image_size: int, seed: int, start_step: int, shard_index: int, num_shards: int,
+                 overflow: str, counter: converter_lib.TruncationCounter) -> tf.data.Dataset:
+  """Batch ``j`` is a tuple of parts, one per distinct geometry (in task order).
+
+  Task ``t`` has ``R_t`` rows of every shard's batch (:func:`part_rows`); in batch ``j`` shard
+  ``s`` takes the task's local examples ``(j*S + s)*R_t .. + R_t - 1``, which run through its
+  epochs as in the mixed stream. A part concatenates its tasks' rows in task order.
+  """
+  rows = part_rows(rates, batch_size)
+  steps = tf.data.Dataset.counter(start_step)
+  parts: Dict[tuple, List[tf.data.Dataset]] = {}
+  for task_id, (task, geometry, count) in enumerate(zip(tasks, geometries, rows)):
+
+    def local_examples(step, count=count):
+      first = (step * num_shards + shard_index) * count
+      return first + tf.range(count, dtype=tf.int64)
+
+    examples = steps.map(_plain(local_examples)).unbatch().map(
+        _plain(lambda n, t=task_id, task=task: task.source.example(split,
+                                                                   *schedule.example_at(n, t))),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    features = _model_features(task, examples, geometry, image_size=image_size, seed=seed,
+                               overflow=overflow, counter=counter)
+    parts.setdefault(geometry.key(), []).append(features.batch(count, drop_remainder=True))
+  concatenated = []
+  for members in parts.values():
+    part = members[0]
+    if len(members) > 1:
+      part = tf.data.Dataset.zip(tuple(members)).map(
+          _plain(lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}))
+    concatenated.append(part)
+  options = tf.data.Options()
+  options.deterministic = True
+  return tf.data.Dataset.zip(tuple(concatenated)).prefetch(2).with_options(options)
+
+
 def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
                 feature_lengths: Mapping[str, int], num_images: int = 1, image_size: int = 224,
                 seed: int = 0, shuffle: bool = True, repeat: bool = True, start_step: int = 0,
-                shard_index: int = 0, num_shards: int = 1,
-                overflow: str = "error") -> Iterator[Dict[str, np.ndarray]]:
+                shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
+                batch_parts: bool = False,
+                feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
+                ) -> Iterator[Batch]:
   """Numpy batches of the model's keys for a task or mixture (see the module docstring).
 
   Args:
@@ -160,11 +241,18 @@ def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
     start_step: skip to this batch index in O(1) (exact resumption).
     shard_index, num_shards: this process's disjoint share of the global batch.
     overflow: ``error`` or ``truncate`` for token sequences longer than ``feature_lengths``.
+    batch_parts: yield each batch as a tuple of parts, one per distinct task geometry
+      (``palix.tasks.geometry``: the task's own image count and ``feature_lengths_by_task``
+      lengths); every task has its rates' share of the rows (:func:`part_rows`) in every batch,
+      so no compute goes to another task's padding. Training streams only (``repeat=True``).
+    feature_lengths_by_task: ``{task: {'inputs': ..., 'targets': ...}}``, each at most
+      ``feature_lengths``; tasks left out use ``feature_lengths``.
   """
   dataset = make_dataset(
       mixture_or_task_name, split=split, batch_size=batch_size, feature_lengths=feature_lengths,
       num_images=num_images, image_size=image_size, seed=seed, shuffle=shuffle, repeat=repeat,
-      start_step=start_step, shard_index=shard_index, num_shards=num_shards, overflow=overflow)
+      start_step=start_step, shard_index=shard_index, num_shards=num_shards, overflow=overflow,
+      batch_parts=batch_parts, feature_lengths_by_task=feature_lengths_by_task)
   return _numpy_batches(dataset)
 
 
@@ -185,13 +273,13 @@ def _close_open_generators():
     generator.close()
 
 
-def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Batch]:
   generator = _iterate(dataset)
   _OPEN_GENERATORS.add(generator)
   return generator
 
 
-def _iterate(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+def _iterate(dataset: tf.data.Dataset) -> Iterator[Batch]:
   iterator = dataset.as_numpy_iterator()
   try:
     while True:

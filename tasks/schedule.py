@@ -3,6 +3,8 @@
 Position ``p`` counts examples of the global stream (batch ``j``, row ``i`` of shard ``s`` of
 ``S``, local batch ``B``: ``p = (j * S + s) * B + i``). Because the mapping needs no history,
 a run restarted at step ``k`` recomputes exactly the examples it would have seen, at no cost.
+(With ``batch_parts`` every batch holds a fixed number of rows of each task, and a task's examples
+are located from its own served count with :meth:`Schedule.example_at`.)
 
 Repeating streams (training):
 
@@ -120,7 +122,11 @@ class Schedule:
 
   def locate(self, position: tf.Tensor, task: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """``(example index, augmentation seed)`` at ``position``, known to belong to ``task``."""
-    local = self.local_position(position, task)
+    return self.example_at(self.local_position(position, task), task)
+
+  def example_at(self, local: tf.Tensor, task: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """``(example index, augmentation seed)`` of ``task``'s ``local``-th served example."""
+    local = tf.cast(local, tf.int64)
     index = local
     if self.repeat:
       size = int(self.sizes[task])

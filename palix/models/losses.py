@@ -24,12 +24,40 @@ def cross_entropy_with_z_loss(logits, targets, *, label_smoothing=0.0, z_loss=0.
   return ce + z_term, z_term
 
 
+def ordinal_cross_entropy(logits, targets, *, first_id: int, num_bins: int, sigma: float):
+  """Per-token cross-entropy against a Gaussian over neighbouring ordinal bins, and a mask.
+
+  For targets in ``[first_id, first_id + num_bins)`` (location tokens: bins of a coordinate) the
+  target distribution is ``q_j ~ exp(-(j - bin)^2 / (2 sigma^2))`` over the bins, so a prediction
+  one bin off is nearly right and every box teaches its neighbourhood; a one-hot target gives no
+  signal about which wrong bins are close. The entropy of ``q`` is subtracted (a prediction equal
+  to ``q`` scores 0). Returns ``(loss, is_ordinal)``; ``loss`` is meaningful where ``is_ordinal``.
+  """
+  logits = logits.astype(jnp.float32)
+  bins = targets - first_id
+  is_ordinal = (bins >= 0) & (bins < num_bins)
+  offsets = jnp.arange(num_bins, dtype=jnp.float32) - bins[..., None].astype(jnp.float32)
+  log_q = jax.nn.log_softmax(-0.5 * jnp.square(offsets / sigma), axis=-1)
+  entropy = -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
+  log_p = logits[..., first_id:first_id + num_bins] - jax.nn.logsumexp(logits, axis=-1)[..., None]
+  return -jnp.sum(jnp.exp(log_q) * log_p, axis=-1) - entropy, is_ordinal
+
+
 def weighted_cross_entropy_loss(logits, targets, weights, *, label_smoothing=0.0, z_loss=0.0,
-                                normalization="tokens"):
-  """Scalar loss and metrics. ``normalization``: mean per real token, or per sequence."""
+                                normalization="tokens", ordinal_bins=None):
+  """Scalar loss and metrics. ``normalization``: mean per real token, or per sequence.
+
+  ``ordinal_bins``: ``(first_id, num_bins, sigma)`` gives those targets the Gaussian targets of
+  :func:`ordinal_cross_entropy` (in place of one-hot and label smoothing).
+  """
   weights = weights.astype(jnp.float32)
   token_loss, token_z = cross_entropy_with_z_loss(
       logits, targets, label_smoothing=label_smoothing, z_loss=z_loss)
+  if ordinal_bins is not None:
+    first_id, num_bins, sigma = ordinal_bins
+    ordinal, is_ordinal = ordinal_cross_entropy(logits, targets, first_id=first_id,
+                                                num_bins=num_bins, sigma=sigma)
+    token_loss = jnp.where(is_ordinal, ordinal + token_z, token_loss)
   num_tokens = weights.sum()
   if normalization == "tokens":
     denom = jnp.maximum(num_tokens, 1.0)

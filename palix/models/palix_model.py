@@ -173,13 +173,17 @@ class PaliXModel(base.BaseModel):
     label_smoothing, z_loss: loss options (t5x semantics).
     loss_normalization: ``"tokens"`` (mean over real target tokens) or ``"sequences"``.
     eos_id: end-of-sequence id (T5 layout: 1).
+    loc_token_sigma: if > 0, location-token targets are Gaussians of this width (in bins) over
+      the neighbouring bins (``losses.ordinal_cross_entropy``) instead of one-hot.
+    first_loc_id, num_loc_bins: where the location tokens are (``palix.tasks.vocabulary``).
   """
 
   def __init__(self, config: PaliXConfig = gin.REQUIRED, *, image_size: int = 224,
                num_images: int = 1, max_input_len: int = 32, max_target_len: int = 32,
                decode_fn: Optional[Callable] = None, decode_kwargs: Optional[Mapping] = None,
                label_smoothing: float = 0.0, z_loss: float = 1e-4,
-               loss_normalization: str = "tokens", eos_id: int = 1):
+               loss_normalization: str = "tokens", eos_id: int = 1,
+               loc_token_sigma: float = 0.0, first_loc_id: int = 3, num_loc_bins: int = 1024):
     from palix import decoding  # pylint: disable=g-import-not-at-top
     self.config = config
     self.module = PaliX(config)
@@ -196,6 +200,10 @@ class PaliXModel(base.BaseModel):
                        f"{loss_normalization!r}")
     self.loss_normalization = loss_normalization
     self.eos_id = eos_id
+    if loc_token_sigma < 0:
+      raise ValueError(f"loc_token_sigma must be >= 0 (0: one-hot targets); got {loc_token_sigma}")
+    self.ordinal_bins = ((first_loc_id, num_loc_bins, float(loc_token_sigma))
+                         if loc_token_sigma > 0 else None)
     self._predict_fns = {}
 
   # --- shapes -------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ class PaliXModel(base.BaseModel):
     return losses.weighted_cross_entropy_loss(
         logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
         label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-        normalization=self.loss_normalization)
+        normalization=self.loss_normalization, ordinal_bins=self.ordinal_bins)
 
   def score_batch(self, params, batch):
     """Sum over target tokens of ``log p(target)``, weighted by ``decoder_loss_weights``."""

@@ -8,7 +8,11 @@
 * ``param_mask_fn(params, step) -> params`` runs after the update (the seam for n:m sparsity
   masks); it must be jittable.
 
-Metrics: the model's own (averaged over microbatches; names starting with ``num_`` are summed),
+A batch may also be a tuple of parts of different geometry (``batch_parts`` of the data layer):
+one gradient over all of them, each part weighted by its share of the rows.
+
+Metrics: the model's own (averaged over microbatches and parts; names starting with ``num_`` are
+summed),
 plus ``learning_rate``, ``grad_norm`` (before clipping) and ``param_norm``.
 """
 
@@ -39,7 +43,13 @@ def _combine_metrics(metrics: Dict[str, jax.Array], num_microbatches: int) -> Di
 
 
 def accumulate_gradients(model, frozen_mask, params, batch, rng, num_microbatches: int = 1):
-  """Mean gradients and metrics over ``num_microbatches`` interleaved microbatches."""
+  """Mean gradients and metrics over ``num_microbatches`` interleaved microbatches.
+
+  ``batch`` may be a tuple of parts of different geometry (``palix.tasks.dataset``'s
+  ``batch_parts``): each part's gradient and metrics are weighted by its share of the rows.
+  """
+  if isinstance(batch, (tuple, list)):
+    return _accumulate_parts(model, frozen_mask, params, batch, rng, num_microbatches)
   if num_microbatches == 1:
     return _loss_and_grads(model, frozen_mask, params, batch, rng)
   batch_size = jax.tree.leaves(batch)[0].shape[0]
@@ -63,6 +73,23 @@ def accumulate_gradients(model, frozen_mask, params, batch, rng, num_microbatche
   (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
   grads = jax.tree.map(lambda g: g / num_microbatches, grads)
   return grads, _combine_metrics(metrics, num_microbatches)
+
+
+def _accumulate_parts(model, frozen_mask, params, parts, rng, num_microbatches):
+  rows = [jax.tree.leaves(part)[0].shape[0] for part in parts]
+  total_grads, total_metrics = None, None
+  for index, (part, count) in enumerate(zip(parts, rows)):
+    grads, metrics = accumulate_gradients(model, frozen_mask, params, part,
+                                          jax.random.fold_in(rng, 1000 + index), num_microbatches)
+    share = count / sum(rows)
+    grads = jax.tree.map(lambda g, w=share: g * w, grads)
+    metrics = {k: v if k.startswith("num_") else v * share for k, v in metrics.items()}
+    if total_grads is None:
+      total_grads, total_metrics = grads, metrics
+    else:
+      total_grads = jax.tree.map(jnp.add, total_grads, grads)
+      total_metrics = {k: total_metrics[k] + metrics[k] for k in total_metrics}
+  return total_grads, total_metrics
 
 
 def make_train_step(model, tx: optax.GradientTransformation, learning_rate_fn: Callable,

@@ -12,6 +12,7 @@
 4. saves every ``checkpoint_period`` steps and at the end.
 """
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -116,10 +117,28 @@ def _restore_or_initialize(factory: StateFactory, ckpts: checkpoints_lib.Checkpo
   return state
 
 
-def _batch_geometry(batch: Mapping[str, np.ndarray], global_batch_size: int):
-  shapes = {k: (global_batch_size,) + tuple(np.shape(v)[1:]) for k, v in batch.items()}
+def _batch_geometry(batch, layout: partitioning.DataLayout):
+  """Global shapes and dtypes of a batch (of its first part, for ``batch_parts``): they size
+  the model's initial variables, which do not depend on the batch geometry."""
+  if isinstance(batch, (tuple, list)):
+    batch = batch[0]
+  rows = len(next(iter(batch.values()))) * layout.num_shards
+  shapes = {k: (rows,) + tuple(np.shape(v)[1:]) for k, v in batch.items()}
   types = {k: np.asarray(v).dtype for k, v in batch.items()}
   return shapes, types
+
+
+def _shard(partitioner: partitioning.Partitioner, batch, layout: partitioning.DataLayout):
+  """Global arrays of a local batch; each part of a ``batch_parts`` tuple has its own rows."""
+  if not isinstance(batch, (tuple, list)):
+    return partitioner.shard_batch(batch, layout)
+  parts = []
+  for part in batch:
+    rows = len(next(iter(part.values())))
+    part_layout = dataclasses.replace(layout, global_batch_size=rows * layout.num_shards,
+                                      local_batch_size=rows)
+    parts.append(partitioner.shard_batch(part, part_layout))
+  return tuple(parts)
 
 
 @gin.configurable
@@ -170,7 +189,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
   first = next(batches)  # its shapes size the model
   optimizer = optimizer.with_frozen_prefixes(getattr(model, "frozen_param_prefixes", tuple)())
   factory = StateFactory(model, optimizer.make(), partitioner,
-                         *_batch_geometry(first, batch_size), seed=seed)
+                         *_batch_geometry(first, layout), seed=seed)
   state = _restore_or_initialize(factory, ckpts, start_step, data_info, initial_checkpoint)
   logger.info("training steps %d..%d of %r: batch %d (%d rows on shard %d of %d), mesh %s",
               start_step + 1, train_steps, mixture_or_task_name, batch_size,
@@ -196,7 +215,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
         if local_batch is None:
           raise ValueError(f"the batch source {mixture_or_task_name!r} ended before step {step}; "
                            "training sources must repeat")
-        state, metrics = step_fn(state, partitioner.shard_batch(local_batch, layout))
+        state, metrics = step_fn(state, _shard(partitioner, local_batch, layout))
         monitor.push(step, metrics)
         if step == start_step + 1 and writer.enabled:
           run_config.write_config(model_dir)

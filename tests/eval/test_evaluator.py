@@ -271,3 +271,31 @@ def test_answering_nothing_scores_zero_and_ties_go_to_the_first_class():
   labels = fashion_mnist.load("test")[1][:6]
   assert metrics["fashion_mnist_caption"] == {
       "exact_match": 0.0, "zero_shot_accuracy": float(np.mean(labels == 0)), "num_examples": 6}
+
+
+class _GeometryRecorder(scripted_models.OracleModel):
+  """The oracle, noting the geometry of every decoding call."""
+
+  def __init__(self):
+    super().__init__()
+    self.calls = []
+
+  def predict_batch_with_aux(self, params, batch, rng=None, *, max_decode_len=None, **kwargs):
+    self.calls.append((batch["images"].shape[1], batch["encoder_input_tokens"].shape[1],
+                       max_decode_len))
+    return super().predict_batch_with_aux(params, batch, rng, max_decode_len=max_decode_len,
+                                          **kwargs)
+
+
+def test_each_task_is_decoded_in_its_own_geometry():
+  from palix.eval import evaluator  # pylint: disable=g-import-not-at-top
+  _register_mixture("eval_geometry_mix", ("easy_vqa", "moving_shapes_vqa"))
+  model = _GeometryRecorder()
+  results = evaluator.evaluate_tasks(
+      model, None, "eval_geometry_mix", split="test", task_feature_lengths=LENGTHS, batch_size=4,
+      num_images=NUM_IMAGES + 2, image_size=16, max_examples=4, progress=False,
+      feature_lengths_by_task={"easy_vqa": {"inputs": 16, "targets": 4}})
+  # easy-VQA: one image, its own lengths (decoding stops at 4 tokens); the clips: their 6 frames
+  assert model.calls == [(1, 16, 4), (NUM_IMAGES, LENGTHS["inputs"], LENGTHS["targets"])]
+  assert all(result.scored.metrics["vqa_accuracy" if name == "easy_vqa" else "exact_match"] in (100.0, 1.0)
+             for name, result in results.items())

@@ -53,3 +53,55 @@ def test_sequence_normalization_weights_each_example_equally():
   np.testing.assert_allclose(float(loss_seq), (per_token[0] + per_token[1]) / 2, rtol=1e-5)
   loss_tok, _ = losses.weighted_cross_entropy_loss(logits, targets, weights)
   np.testing.assert_allclose(float(loss_tok), (4 * per_token[0] + per_token[1]) / 5, rtol=1e-5)
+
+
+def _ordinal_reference(logits, targets, first, bins, sigma, z):
+  """KL(q || p) per token, with q a normalised Gaussian over the bins for ordinal targets."""
+  logits = logits.astype(np.float64)
+  log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  logp = logits - log_z[..., None]
+  out = np.empty(targets.shape)
+  for index in np.ndindex(targets.shape):
+    q = np.zeros(logits.shape[-1])
+    q[targets[index]] = 1.0
+    if first <= targets[index] < first + bins:
+      q[:] = 0.0
+      q[first:first + bins] = np.exp(-0.5 * ((np.arange(bins) - (targets[index] - first)) / sigma)
+                                     ** 2)
+      q /= q.sum()
+    kept = q > 0
+    out[index] = (q[kept] * (np.log(q[kept]) - logp[index][kept])).sum() + z * log_z[index] ** 2
+  return out
+
+
+@pytest.mark.parametrize("sigma", [0.5, 3.0])
+def test_ordinal_targets_are_gaussians_over_the_bins(sigma):
+  rng = np.random.default_rng(1)
+  first, bins, vocab = 3, 12, 20
+  logits = (rng.normal(size=(2, 6, vocab)) * 2).astype(np.float32)
+  targets = rng.integers(0, vocab, size=(2, 6))
+  targets[0, :3] = [first, first + 5, first + bins - 1]  # edges and middle of the bin range
+  weights = np.ones((2, 6), np.float32)
+  loss, _ = losses.weighted_cross_entropy_loss(logits, targets, weights, z_loss=1e-3,
+                                               ordinal_bins=(first, bins, sigma))
+  expected = _ordinal_reference(logits, targets, first, bins, sigma, 1e-3).mean()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_ordinal_loss_prefers_a_near_miss_and_is_zero_at_its_target():
+  first, bins, sigma, vocab = 3, 32, 2.0, 40
+  targets = np.array([[first + 10]])
+
+  def loss_of_peak_at(bin_):
+    logits = np.full((1, 1, vocab), -10.0, np.float32)
+    logits[0, 0, first + bin_] = 10.0
+    return float(losses.weighted_cross_entropy_loss(
+        logits, targets, np.ones((1, 1)), z_loss=0.0, ordinal_bins=(first, bins, sigma))[0])
+
+  assert loss_of_peak_at(10) < loss_of_peak_at(11) < loss_of_peak_at(14) < loss_of_peak_at(25)
+  q = np.exp(-0.5 * ((np.arange(bins) - 10) / sigma) ** 2)
+  logits = np.full((1, 1, vocab), -1e4, np.float32)
+  logits[0, 0, first:first + bins] = np.log(q / q.sum())
+  loss, _ = losses.weighted_cross_entropy_loss(logits, targets, np.ones((1, 1)), z_loss=0.0,
+                                               ordinal_bins=(first, bins, sigma))
+  assert abs(float(loss)) < 1e-5

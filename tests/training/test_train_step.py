@@ -127,3 +127,67 @@ def test_frozen_params_stay_bit_identical_and_masks_apply(frozen_run):
   opt_paths = [p for p, v in param_paths.flatten(state["opt_state"]).items() if np.ndim(v)]
   assert any("decoder" in p for p in opt_paths)
   assert not [p for p in opt_paths if "encoder" in p]  # no optimizer state for frozen params
+
+
+PARTS = ((3, 1, {"inputs": 3, "targets": 2}), (5, 2, {"inputs": 4, "targets": 4}))  # rows, N, L
+
+
+def _parts_batches(as_parts, *args, **kwargs):
+  """Synthetic batches in two parts of different geometry (as ``batch_parts`` yields them), or
+  the same rows padded to the larger geometry and concatenated into one batch."""
+  del args
+  step = kwargs["start_step"]
+  while True:
+    parts = [_batch_at(step * 2 + k, rows, num_images, lengths)
+             for k, (rows, num_images, lengths) in enumerate(PARTS)]
+    step += 1
+    if as_parts:
+      yield tuple(parts)
+    else:
+      padded = [_pad_to(part, 2, FEATURES) for part in parts]
+      yield {key: np.concatenate([p[key] for p in padded]) for key in padded[0]}
+
+
+def _pad_to(batch, num_images, lengths):
+  padded = {}
+  for key, value in batch.items():
+    widths = [(0, 0)] * value.ndim
+    if key in ("images", "image_mask"):
+      widths[1] = (0, num_images - value.shape[1])
+    else:
+      widths[1] = (0, lengths["inputs" if key == "encoder_input_tokens" else "targets"]
+                   - value.shape[1])
+    padded[key] = np.pad(value, widths)
+  return padded
+
+
+def _batch_at(index, size, num_images, lengths):
+  return next(synthetic_data.synthetic_batches(
+      split="train", batch_size=size, feature_lengths=lengths, num_images=num_images,
+      start_step=index))
+
+
+def _train_on_parts(model_dir, as_parts):
+  opt = optimizers.Optimizer(learning_rate_fn=schedules.constant(1e-2), base=optimizers.adamw)
+  state = trainer.train(
+      model=tiny.TinyModel(), model_dir=str(model_dir), train_steps=4, batch_size=8,
+      mixture_or_task_name=synthetic_data.TASK_NAME, task_feature_lengths=FEATURES,
+      get_batches_fn=lambda *a, **k: _parts_batches(as_parts, *a, **k), optimizer=opt,
+      checkpoint_period=4, log_period=1, progress_bar=False, async_checkpointing=False)
+  log = (model_dir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in log], param_paths.flatten(state.params)
+
+
+def test_a_batch_in_parts_trains_like_the_padded_batch(tmp_path):
+  """Parts of different geometry give the update of the same rows padded into one batch (every
+  synthetic example has 2 target tokens, so the rows-weighted mean is the token mean)."""
+  log, params = _train_on_parts(tmp_path / "parts", as_parts=True)
+  padded_log, padded_params = _train_on_parts(tmp_path / "padded", as_parts=False)
+  assert [r["step"] for r in log] == [1, 2, 3, 4]
+  for record, padded in zip(log, padded_log):
+    for key in ("loss", "accuracy", "num_examples", "num_tokens", "grad_norm"):
+      assert record[key] == pytest.approx(padded[key], rel=1e-5), key
+  assert log[0]["num_examples"] == 8
+  assert params.keys() == padded_params.keys()
+  for path, value in params.items():
+    np.testing.assert_allclose(value, padded_params[path], rtol=1e-4, atol=1e-6, err_msg=path)
