@@ -48,6 +48,7 @@ def test_shortened_demo_prints_the_table_and_writes_the_report(first_run):
   assert re.search(r"peak memory \d+ MiB", out)
 
 
+@pytest.mark.slow  # 1-1.5 min; killed-and-resumed training is tested in tests/cli/test_train_cli.py
 def test_rerunning_the_demo_resumes_instead_of_starting_over(first_run):
   model_dir, _ = first_run
   # One task to evaluate: the point is the training step, and each task's decoder compiles anew.
