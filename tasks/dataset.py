@@ -133,6 +133,7 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
   positions = elements.map(_plain(position))
 
   single = len(tasks) == 1 and repeat
+  shared_geometry = geometry_lib.Geometry(num_images, dict(feature_lengths))
   branches = []
   for task_id, task in enumerate(tasks):
     branch = positions
@@ -141,9 +142,8 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
     branch = branch.map(
         _plain(lambda p, t=task_id, task=task: task.source.example(split, *schedule.locate(p, t))),
         num_parallel_calls=tf.data.AUTOTUNE)
-    geometry = geometry_lib.Geometry(num_images, dict(feature_lengths))
-    branches.append(_model_features(task, branch, geometry, image_size=image_size, seed=seed,
-                                    overflow=overflow, counter=counter))
+    branches.append(_model_features(task, branch, shared_geometry, image_size=image_size,
+                                    seed=seed, overflow=overflow, counter=counter))
   if not repeat:
     padding = converter_lib.zero_example(
         converter_lib.PaliXFeatureConverter(num_images, image_size), feature_lengths)

@@ -77,19 +77,14 @@ def accumulate_gradients(model, frozen_mask, params, batch, rng, num_microbatche
 
 def _accumulate_parts(model, frozen_mask, params, parts, rng, num_microbatches):
   rows = [jax.tree.leaves(part)[0].shape[0] for part in parts]
-  total_grads, total_metrics = None, None
-  for index, (part, count) in enumerate(zip(parts, rows)):
-    grads, metrics = accumulate_gradients(model, frozen_mask, params, part,
-                                          jax.random.fold_in(rng, 1000 + index), num_microbatches)
-    share = count / sum(rows)
-    grads = jax.tree.map(lambda g, w=share: g * w, grads)
-    metrics = {k: v if k.startswith("num_") else v * share for k, v in metrics.items()}
-    if total_grads is None:
-      total_grads, total_metrics = grads, metrics
-    else:
-      total_grads = jax.tree.map(jnp.add, total_grads, grads)
-      total_metrics = {k: total_metrics[k] + metrics[k] for k in total_metrics}
-  return total_grads, total_metrics
+  shares = [count / sum(rows) for count in rows]
+  results = [accumulate_gradients(model, frozen_mask, params, part, jax.random.fold_in(rng, index),
+                                  num_microbatches) for index, part in enumerate(parts)]
+  grads = jax.tree.map(lambda *g: sum(w * x for w, x in zip(shares, g)),
+                       *[grads for grads, _ in results])
+  metrics = {k: sum(m[k] if k.startswith("num_") else w * m[k]
+                    for w, (_, m) in zip(shares, results)) for k in results[0][1]}
+  return grads, metrics
 
 
 def make_train_step(model, tx: optax.GradientTransformation, learning_rate_fn: Callable,
