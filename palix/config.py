@@ -16,6 +16,7 @@ import sys
 from typing import List, Sequence, Tuple
 
 import gin
+from gin import resource_reader as gin_resource_reader
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 _MAIN_BINDING = re.compile(r"^\s*__main__\.")
@@ -86,12 +87,38 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
   folders.append(GIN_DIR)
   for folder in folders:
     gin.add_config_file_search_path(str(folder))
+  _guard_package_resource_lookup()
   resolved = [_resolve(f, folders) for f in gin_files]
   for path in resolved:
     _check_no_main_bindings(path)
   with _quiet_include_probing():
     gin.parse_config_files_and_bindings([str(p) for p in resolved], list(bindings),
                                         finalize_config=finalize)
+
+
+def _package_resource_exists(config_path: str) -> bool:
+  """gin's package-resource existence check, without its crash on namespace packages.
+
+  For ``include 'runs/eval.gin'`` gin first tries ``runs/eval.gin`` in the current folder, then as a
+  resource of a package ``runs``. A plain folder ``runs/`` in the current folder (say, a training
+  run's output) imports as a namespace package with no ``__init__.py``; gin then calls
+  ``os.path.dirname(None)`` and the TypeError ends the parse before the gin/ search path is tried.
+  """
+  try:
+    return gin_resource_reader.system_path_file_exists(config_path)
+  except TypeError:
+    return False
+
+
+def _guard_package_resource_lookup() -> None:
+  """Swaps gin's package-resource existence check for ``_package_resource_exists`` (idempotent).
+
+  gin has no public way to replace a registered reader, so this edits its reader list in place.
+  """
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for index, (reader, exists) in enumerate(readers):
+    if exists is gin_resource_reader.system_path_file_exists:
+      readers[index] = (reader, _package_resource_exists)
 
 
 class _DropPathNotFound(logging.Filter):
