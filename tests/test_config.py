@@ -1,6 +1,7 @@
 """``palix.config``: the ``--module`` flag shared by palix train/infer/eval/data."""
 
 import argparse
+import importlib.util
 import sys
 
 import gin
@@ -44,7 +45,6 @@ def test_includes_resolve_when_the_current_folder_has_a_runs_folder(tmp_path, mo
   monkeypatch.chdir(tmp_path)
   monkeypatch.syspath_prepend(str(tmp_path))
   monkeypatch.delitem(sys.modules, "runs", raising=False)
-  import importlib.util  # pylint: disable=import-outside-toplevel
   assert importlib.util.find_spec("runs").origin is None  # the namespace package that broke gin
   gin.clear_config()
   try:
