@@ -1,8 +1,20 @@
 """palix: PaLI-X-style vision-language models in JAX/Flax.
 
-Packages: ``palix`` (library, JAX only), ``palix.tasks`` (from ``tasks/``: SeqIO tasks, TensorFlow),
-``palix.eval`` (from ``eval/``: metrics and benchmark runners). Exact versions of every transitive
-dependency are in ``constraints.txt`` (the Makefile installs with it).
+The checkout keeps four top-level folders; an install (``pip install .``, a wheel, or the
+Makefile's editable install) nests them under the one ``palix`` package:
+
+==========  ================  ==========================================================
+folder      installed as      what
+==========  ================  ==========================================================
+``palix/``  ``palix``         the library (JAX only, never TensorFlow)
+``tasks/``  ``palix.tasks``   SeqIO tasks, data pipeline, vocabulary (TensorFlow); ships
+                              ``tasks/assets/*.model`` (the SentencePiece vocabulary)
+``eval/``   ``palix.eval``    metrics, evaluator, report, ``eval/perf/`` benchmarks
+``gin/``    ``palix/gin/``    gin configs (data only, no Python): ``palix.config.GIN_DIR``
+==========  ================  ==========================================================
+
+Exact versions of every transitive dependency are in ``constraints.txt`` (the Makefile installs
+with it).
 """
 
 from setuptools import find_packages, setup
@@ -16,16 +28,13 @@ CORE = [
     "sentencepiece==0.2.3",
     "numpy==2.4.6",
     "tqdm==4.70.1",
-    "clu==0.0.12",
     "tensorboard==2.21.0",
     "pillow==13.0.0",
 ]
 DATA = [
-    "seqio==0.0.20",
-    "tensorflow-cpu==2.21.0",
+    "seqio==0.0.20",  # pulls clu and tensorflow-datasets (palix imports neither)
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
-    "tensorflow-datasets==4.9.10",
     "easy-vqa==1.0",
     "imageio-ffmpeg==0.8.1",
 ]
@@ -41,9 +50,12 @@ TEST = [
     "transformers==5.24.0",
 ]
 
+# Folder -> package (see the module docstring). ``palix.gin`` is a data folder, not a module.
+PACKAGE_DIRS = {"palix": "palix", "palix.tasks": "tasks", "palix.eval": "eval", "palix.gin": "gin"}
 packages = find_packages(include=["palix", "palix.*"])
-packages += ["palix.tasks"] + ["palix.tasks." + p for p in find_packages("tasks")]
-packages += ["palix.eval"] + ["palix.eval." + p for p in find_packages("eval")]
+for package, folder in PACKAGE_DIRS.items():
+  if package != "palix":
+    packages += [package] + [f"{package}.{p}" for p in find_packages(folder)]
 
 setup(
     name="palix",
@@ -51,7 +63,8 @@ setup(
     description="PaLI-X-style vision-language models in JAX/Flax, with SeqIO tasks and gin configs",
     python_requires=">=3.11",
     packages=packages,
-    package_dir={"palix": "palix", "palix.tasks": "tasks", "palix.eval": "eval"},
+    package_dir=PACKAGE_DIRS,
+    package_data={"palix.gin": ["**/*.gin"], "palix.tasks": ["assets/*.model"]},
     install_requires=CORE,
     extras_require={"data": DATA, "eval": EVAL, "test": TEST, "all": DATA + EVAL + TEST},
     entry_points={"console_scripts": ["palix=palix.cli.main:main"]},

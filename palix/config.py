@@ -18,7 +18,17 @@ from typing import List, Sequence, Tuple
 import gin
 from gin import resource_reader as gin_resource_reader
 
-GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+
+def _gin_dir() -> pathlib.Path:
+  """The gin configs: ``palix/gin/`` in an installed package (setup.py ships the checkout's
+  top-level ``gin/`` there), else the checkout's ``gin/`` beside ``palix/`` (editable install;
+  in site-packages that name is gin-config's own package, hence the installed folder first)."""
+  package = pathlib.Path(__file__).resolve().parent
+  installed = package / "gin"
+  return installed if installed.is_dir() else package.parent / "gin"
+
+
+GIN_DIR = _gin_dir()
 _MAIN_BINDING = re.compile(r"^\s*__main__\.")
 
 
