@@ -13,11 +13,13 @@ gin example (a fine-tuning run)::
   Optimizer.no_weight_decay = ['.*/bias', '.*/scale']
 
 Gradient accumulation (microbatches) lives in the train step: ``train.num_microbatches``.
+Weight sparsity wraps the whole chain: ``Optimizer.sparsity = @sparsity.Pruning()``
+(``palix.sparsity``; masks live in the optimizer state, docs/sparsity.md).
 """
 
 import dataclasses
 import re
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import gin
 import optax
@@ -67,6 +69,8 @@ class Optimizer:
     frozen: path regexes of parameters that are not trained (no update, no optimizer state).
     param_groups: ``(path regex, learning-rate multiplier)`` pairs; the first match wins.
     no_weight_decay: path regexes excluded from the base optimizer's weight decay.
+    sparsity: a ``palix.sparsity.Pruning`` (None: dense); it wraps the chain below and never
+      prunes frozen parameters.
   """
   learning_rate_fn: Callable = gin.REQUIRED
   base: Callable[..., optax.GradientTransformation] = adafactor
@@ -74,6 +78,7 @@ class Optimizer:
   frozen: Sequence[str] = ()
   param_groups: Sequence[Tuple[str, float]] = ()
   no_weight_decay: Sequence[str] = ()
+  sparsity: Optional[Any] = None
 
   def __post_init__(self):
     for entry in self.param_groups:
@@ -130,7 +135,8 @@ class Optimizer:
     if self.clip_grad_norm:
       parts.append(optax.clip_by_global_norm(self.clip_grad_norm))
     parts.append(optax.multi_transform(transforms, self.labels))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    return chain if self.sparsity is None else self.sparsity.wrap(chain, self.frozen_mask)
 
   def _base(self, label: str) -> optax.GradientTransformation:
     return self.base(self.group_learning_rate(label), self.weight_decay_mask)

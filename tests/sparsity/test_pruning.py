@@ -1,0 +1,164 @@
+"""Pruning in the optimizer: exact zeros under AdamW and Adafactor, no moment leakage, the paper's
+tensor selection, frozen parameters, and clear errors for bad settings."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from palix import sparsity
+from palix.training import optimizers, param_paths, schedules
+
+STEPS = 30
+
+
+def _params():
+  k = jax.random.split(jax.random.key(0), 4)
+  return {"block": {"mlp": {"wi": {"kernel": jax.random.normal(k[0], (16, 32)),
+                                   "bias": jnp.zeros((32,))},
+                            "wo": {"kernel": jax.random.normal(k[1], (32, 16))}},
+                    "norm": {"scale": jnp.ones((16,))}},
+          "relpos_bias": {"rel_embedding": jax.random.normal(k[2], (8, 4))},
+          "token_embedder": {"embedding": jax.random.normal(k[3], (24, 16))}}
+
+
+def _run(base, pruning, steps=STEPS, frozen=()):
+  opt = optimizers.Optimizer(learning_rate_fn=schedules.constant(0.05), base=base,
+                             sparsity=pruning, frozen=frozen)
+  tx = opt.make()
+
+  @jax.jit
+  def step(params, state, key):
+    grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape) + 0.5, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = _params(), tx.init(_params())
+  history = []
+  for i in range(steps):
+    params, state = step(params, state, jax.random.key(i + 1))
+    history.append((params, state))
+  return history
+
+
+def _adafactor(learning_rate, weight_decay_mask=None):
+  # Factor every matrix (the tiny test shapes are below t5x's 128 threshold).
+  return optimizers.adafactor(learning_rate, weight_decay_mask, min_dim_size_to_factor=4)
+
+
+PRUNING = sparsity.Pruning(sparsity=0.75, schedule=sparsity.GradualSchedule(
+    total_steps=20, start_fraction=0.25, end_fraction=0.75, update_every=2))
+
+
+@pytest.fixture(scope="module", params=["adamw", "adafactor"])
+def history(request):
+  base = optimizers.adamw if request.param == "adamw" else _adafactor
+  return request.param, _run(base, PRUNING)
+
+
+def test_pruned_weights_stay_exactly_zero_after_many_steps(history):
+  _, runs = history
+  final_params, final_state = runs[-1]
+  masks = param_paths.flatten(final_state.masks)
+  for path, mask in masks.items():
+    w = np.asarray(param_paths.flatten(final_params)[path])
+    assert np.all(w[~np.asarray(mask)] == 0.0), path  # exact, not approximately
+    assert np.all(w[np.asarray(mask)] != 0.0), path
+  # The masks were final from step 15 (t = 15 = end); the 15 later steps never regrew a weight.
+  for params, state in runs[15:]:
+    for path, mask in param_paths.flatten(state.masks).items():
+      np.testing.assert_array_equal(np.asarray(param_paths.flatten(params)[path]) != 0, mask)
+
+
+def test_masks_only_shrink(history):
+  _, runs = history
+  previous = None
+  for _, state in runs:
+    masks = {p: np.asarray(m) for p, m in param_paths.flatten(state.masks).items()}
+    if previous is not None:
+      for p in masks:
+        assert not np.any(masks[p] & ~previous[p]), p
+    previous = masks
+
+
+def test_target_sparsities_and_paper_selection(history):
+  _, runs = history
+  params, state = runs[-1]
+  counts = {p: float((np.asarray(x) == 0).mean()) for p, x in param_paths.flatten(params).items()}
+  assert counts["block/mlp/wi/kernel"] == 0.75 and counts["block/mlp/wo/kernel"] == 0.75
+  embed = 1 - math.sqrt(1 - 0.75)  # 0.5: the paper's embedding rule
+  assert counts["token_embedder/embedding"] == pytest.approx(embed, abs=1 / 384)
+  for dense in ("block/mlp/wi/bias", "block/norm/scale", "relpos_bias/rel_embedding"):
+    assert counts[dense] == 0.0, dense  # ndim < 2 and relative positions stay dense
+  assert set(param_paths.flatten(state.masks)) == {
+      "block/mlp/wi/kernel", "block/mlp/wo/kernel", "token_embedder/embedding"}
+
+
+def test_adam_moments_of_pruned_entries_are_zero():
+  params, state = _run(optimizers.adamw, PRUNING, steps=18)[-1]
+  adam = state.inner_state[0].inner_states["default"].inner_state[0]
+  for path, mask in param_paths.flatten(state.masks).items():
+    for moment in (adam.mu, adam.nu):
+      m = np.asarray(param_paths.flatten(moment)[path])
+      assert np.all(m[~np.asarray(mask)] == 0.0), path
+      assert np.any(m[np.asarray(mask)] != 0.0), path
+  del params
+
+
+def test_frozen_parameters_are_never_pruned():
+  params, state = _run(optimizers.adamw, PRUNING, steps=16, frozen=["block/mlp/wo/.*"])[-1]
+  assert "block/mlp/wo/kernel" not in param_paths.flatten(state.masks)
+  np.testing.assert_array_equal(params["block"]["mlp"]["wo"]["kernel"],
+                                _params()["block"]["mlp"]["wo"]["kernel"])
+
+
+def test_schedule_values_are_reached_in_training():
+  runs = _run(optimizers.adamw, sparsity.Pruning(
+      sparsity=0.5, include=["block/mlp/wi/kernel"],
+      schedule=sparsity.GradualSchedule(total_steps=16, update_every=1)), steps=16)
+  # start = 4, end = 12: after the update at t (step t + 1) the sparsity is 0.5 * (1 - (1 - p)^3).
+  for t in (4, 8, 12):
+    p = (t - 4) / 8
+    params, _ = runs[t]
+    zeros = int((np.asarray(params["block"]["mlp"]["wi"]["kernel"]) == 0).sum())
+    assert zeros == round(0.5 * (1 - (1 - p) ** 3) * 512), t
+
+
+def test_iterative_nm_ends_two_four_along_the_axis():
+  params, _ = _run(optimizers.adamw, sparsity.Pruning(
+      structure=sparsity.IterativeNM(2, 4, axis=0), embeddings=(),
+      exclude=["relpos_bias/.*", "token_embedder/.*"],
+      schedule=sparsity.GradualSchedule(total_steps=12, update_every=1)), steps=12)[-1]
+  for path in ("block/mlp/wi/kernel", "block/mlp/wo/kernel"):
+    w = np.asarray(param_paths.flatten(params)[path])
+    groups = (w != 0).reshape(w.shape[0] // 4, 4, w.shape[1])
+    assert np.all(groups.sum(1) == 2), path
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sparsity=1.0), r"Pruning.sparsity = 1.0: must be a number in \[0, 1\)"),
+    (dict(sparsity=-0.1), r"must be a number in \[0, 1\)"),
+    (dict(), "Pruning.sparsity is required"),
+    (dict(sparsity=0.75, structure=sparsity.NM(2, 4)), "contradicts NM"),
+])
+def test_bad_pruning_settings(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    sparsity.Pruning(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sparsity=0.5, include=["block/mpl/.*"]), "Pruning.include: pattern 'block/mpl/.\\*' "
+                                                   "matches no parameter"),
+    (dict(sparsity=0.5, exclude=["nothing"]), "Pruning.exclude: pattern 'nothing'"),
+    (dict(structure=sparsity.NM(2, 4, axis=2)), r"'block/mlp/wi/kernel' has shape \(16, 32\), "
+                                                r"which has no axis 2"),
+    (dict(structure=sparsity.NM(2, 3, axis=0)), r"axis 0 \(size 16\) is not divisible by m=3"),
+])
+def test_bad_selection_is_reported_at_init(kwargs, message):
+  opt = optimizers.Optimizer(learning_rate_fn=schedules.constant(0.1),
+                             sparsity=sparsity.Pruning(**kwargs))
+  with pytest.raises(ValueError, match=message):
+    opt.make().init(_params())
