@@ -30,6 +30,7 @@ CORE = [
     "tqdm==4.70.1",
     "tensorboard==2.21.0",
     "pillow==13.0.0",
+    "scipy==1.17.1",  # palix.sparsity fits the scaling law with scipy.optimize
 ]
 DATA = [
     "seqio==0.0.20",  # pulls clu and tensorflow-datasets (palix imports neither)
@@ -41,6 +42,7 @@ DATA = [
 EVAL = [
     "pycocotools==2.0.11",
     "pycocoevalcap==1.2",
+    "matplotlib==3.11.2",  # palix sparsity plot, experiment figures
 ]
 TEST = [
     "pytest==9.2.0",
@@ -64,7 +66,8 @@ setup(
     python_requires=">=3.11",
     packages=packages,
     package_dir=PACKAGE_DIRS,
-    package_data={"palix.gin": ["**/*.gin"], "palix.tasks": ["assets/*.model"]},
+    package_data={"palix.gin": ["**/*.gin"], "palix.tasks": ["assets/*.model"],
+                  "palix.sparsity": ["data/*.json"]},
     install_requires=CORE,
     extras_require={"data": DATA, "eval": EVAL, "test": TEST, "all": DATA + EVAL + TEST},
     entry_points={"console_scripts": ["palix=palix.cli.main:main"]},

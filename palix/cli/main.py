@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "infer": ("palix.cli.infer", "predictions or metrics from a checkpoint (gin/runs/infer.gin)"),
     "eval": ("palix.cli.eval", "benchmark metrics and an HTML report of a checkpoint"),
     "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
+    "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
 }
 
 

@@ -3,6 +3,10 @@
 The gin files must define the ``MODEL`` macro (every file under ``gin/models/`` does). The model is
 traced with ``jax.eval_shape`` / ``jax.make_jaxpr``; nothing is allocated, so the 55B pairing runs
 on a laptop. The last line is ``total_params: N``.
+
+``palix params --checkpoint=DIR`` counts a stored checkpoint instead (no gin files needed): dense
+and non-zero parameters per top-level module, then ``nonzero_params: M`` and ``total_params: N``
+(for a pruned run, docs/sparsity.md).
 """
 
 import argparse
@@ -13,6 +17,7 @@ import jax
 
 from palix import config as palix_config
 from palix import model_stats
+from palix.sparsity import counting
 
 
 @gin.configurable
@@ -37,11 +42,32 @@ def format_summary(by_module, total, flops) -> str:
   return "\n".join(lines)
 
 
+def _checkpoint_summary(path: str) -> int:
+  try:
+    counts = counting.nonzero_counts(counting.read_checkpoint_params(path))
+  except (ValueError, FileNotFoundError) as error:
+    print(f"palix params: {error}", file=sys.stderr)
+    return 2
+  by_module, total = counting.by_top_level_module(counts), counting.totals(counts)
+  width = max([len(k) for k in by_module] + [6])
+  print(f"{'module'.ljust(width)}  {'params':>18}  {'non-zero':>18}  sparsity")
+  for name, c in by_module.items():
+    print(f"{name.ljust(width)}  {c.size:>18,}  {c.nonzero:>18,}  {100 * c.sparsity:7.2f}%")
+  print(f"sparsity: {total.sparsity:.4f}")
+  print(f"nonzero_params: {total.nonzero}")
+  print(f"total_params: {total.size}")
+  return 0
+
+
 def run(argv):
   bindings, rest = palix_config.split_gin_bindings(argv)
   parser = argparse.ArgumentParser(prog="palix params", description=__doc__.splitlines()[0])
   palix_config.add_gin_flags(parser)
+  parser.add_argument("--checkpoint", help="count the dense and non-zero parameters stored in "
+                      "this checkpoint (a run's checkpoints folder, a <step> folder or params-only)")
   args = parser.parse_args(rest)
+  if args.checkpoint:
+    return _checkpoint_summary(args.checkpoint)
   if not args.gin_file:
     parser.error("at least one --gin_file is required (for example "
                  "--gin_file=gin/models/vit/vit_22b.gin)")
