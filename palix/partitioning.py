@@ -32,7 +32,12 @@ LogicalRules = Sequence[Tuple[str, Any]]
 
 # Every logical name used by palix layers appears here, so a new name is easy to spot.
 _STANDARD_RULES = (
+    # Soft MoE experts over the data axis (expert parallelism, as in V-MoE). First, so that in the
+    # dispatched slot tensors [groups, ..., expert, ...] the experts take "data" and the groups
+    # fall back to "fsdp" (the second "batch" rule): dispatch and combine become all-to-alls.
+    ("expert", "data"),
     ("batch", ("data", "fsdp")),
+    ("batch", "fsdp"),
     ("vocab", "model"),
     ("heads", "model"),
     ("mlp", "model"),
@@ -46,6 +51,7 @@ _STANDARD_RULES = (
     ("relpos_buckets", None),
     ("vit_embed", "fsdp"),  # the ViT width where the PaLI-X projection reads it
     ("images", None),  # the per-image (frame) embedding table
+    ("slots", None),  # Soft MoE slots per expert
 )
 
 

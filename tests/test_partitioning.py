@@ -30,6 +30,9 @@ def _partitioner(rules=None, shape=(2, 2, 2)):
     (("patch", "channels", "embed"), P(None, None, "fsdp")),
     (("relpos_buckets", "heads"), P(None, "model")),
     (("embed", "fused"), P("fsdp", "model")),
+    (("expert", "embed", "mlp"), P("data", "fsdp", "model")),  # Soft MoE experts: all three axes
+    # Dispatched slots: experts take "data", the groups fall back to "fsdp" (an all-to-all).
+    (("batch", None, "expert", "slots", "embed"), P("fsdp", None, "data", None, None)),
 ])
 def test_standard_rules(names, spec):
   assert nn.logical_to_mesh_axes(names, partitioning.standard_logical_axis_rules()) == spec

@@ -8,7 +8,10 @@ Variants of the shared layers are chosen by gin through ``ViTConfig``:
 * patch embedding: ``ConvPatchEmbed`` or ``DualPatchNormEmbed``;
 * position embedding: ``LearnedPosEmb`` (1-D, resized), ``SinCos2DPosEmb``, ``FactorizedPosEmb``;
 * pooling: ``NoPool`` (all tokens, as PaLI-X uses it), ``GlobalAveragePool``, ``MAPHead``;
-* ``scan`` over layers and ``remat``; parameter and compute dtypes.
+* ``scan`` over layers and ``remat``; parameter and compute dtypes;
+* Soft MoE (``moe = SoftMoeConfig(...)``): the MLP of the last ``n`` blocks becomes a Soft MoE
+  (``palix.layers.soft_moe``), in either block; scanned models scan the dense and the MoE blocks
+  as two stacks (``blocks`` and ``moe_blocks``).
 
 ``ViT.__call__`` returns ``(output, out)``: the pooled output (or all tokens) and a dict of named
 intermediates (``stem``, ``with_posemb``, ``block00``..., ``encoded``, ``pre_logits``).
@@ -30,6 +33,7 @@ from palix.layers.norms import LayerNorm
 from palix.layers.patch import ConvPatchEmbed, DualPatchNormEmbed
 from palix.layers.pooling import GlobalAveragePool, MAPHead, NoPool
 from palix.layers.position import FactorizedPosEmb, LearnedPosEmb, SinCos2DPosEmb
+from palix.layers.soft_moe import MOE_METRICS, SoftMoe, SoftMoeConfig
 
 # name: (width, depth, mlp_dim, num_heads). Table 2 of Zhai et al. 2021 plus ViT-22B (papers.md §1).
 VARIANTS = {
@@ -78,7 +82,8 @@ class ViTConfig:
   patch_embed: Any = None  # ConvPatchEmbed or DualPatchNormEmbed (None: ConvPatchEmbed)
   posemb: Any = None  # LearnedPosEmb, SinCos2DPosEmb or FactorizedPosEmb (None: LearnedPosEmb)
   pool: Any = None  # NoPool, GlobalAveragePool or MAPHead (None: NoPool)
-  mlp: Any = None  # MLP class for the sequential block (None: Mlp); the Soft MoE seam
+  mlp: Any = None  # MLP class for the sequential block (None: Mlp)
+  moe: Optional[SoftMoeConfig] = None  # Soft MoE in the last blocks (None: all dense)
   class_token: bool = False
   qk_norm: bool = False
   qkv_bias: bool = True
@@ -115,7 +120,15 @@ class ViTConfig:
     if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
       raise ValueError(f"ViTConfig.remat_policy {cfg.remat_policy!r} is not a "
                        "jax.checkpoint_policies name")
+    if cfg.moe is not None:
+      tokens = (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.class_token)
+      cfg.moe.validate(depth=cfg.depth, tokens_per_image=tokens)
     return cfg
+
+  @property
+  def num_dense_layers(self) -> int:
+    """Blocks before the Soft MoE blocks (all of them without ``moe``)."""
+    return self.depth - (self.moe.last_n_layers if self.moe is not None else 0)
 
   @property
   def head_dim(self) -> int:
@@ -130,12 +143,19 @@ class ViTConfig:
     return jnp.dtype(self.param_dtype)
 
 
+def _make_soft_moe(c: ViTConfig, kw) -> SoftMoe:
+  return SoftMoe(c.moe, c.mlp_dim, activation=gelu_exact, use_bias=c.mlp_bias,
+                 dropout_rate=c.dropout_rate, name="moe", **kw)
+
+
 class SequentialBlock(nn.Module):
-  """Classic pre-LN block: ``x += Attn(LN(x)); x += MLP(LN(x))``."""
+  """Classic pre-LN block: ``x += Attn(LN(x)); x += MLP(LN(x))`` (Soft MoE for the MLP with
+  ``use_moe``; it routes by ``segment_ids``)."""
   config: ViTConfig
+  use_moe: bool = False
 
   @nn.compact
-  def __call__(self, x, mask, deterministic=True):
+  def __call__(self, x, mask, deterministic=True, segment_ids=None):
     c = self.config
     kw = dict(dtype=c.compute_dtype, param_dtype=c.params_dtype)
     y = LayerNorm(use_bias=c.norm_bias, epsilon=c.layer_norm_eps, name="norm1", **kw)(x)
@@ -144,8 +164,11 @@ class SequentialBlock(nn.Module):
                            implementation=c.attention_impl, name="attention", **kw)(y, mask=mask)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     y = LayerNorm(use_bias=c.norm_bias, epsilon=c.layer_norm_eps, name="norm2", **kw)(x)
-    y = c.mlp(c.mlp_dim, activation=gelu_exact, use_bias=c.mlp_bias, dropout_rate=c.dropout_rate,
-              name="mlp", **kw)(y, deterministic)
+    if self.use_moe:
+      y = _make_soft_moe(c, kw)(y, segment_ids, deterministic)
+    else:
+      y = c.mlp(c.mlp_dim, activation=gelu_exact, use_bias=c.mlp_bias,
+                dropout_rate=c.dropout_rate, name="mlp", **kw)(y, deterministic)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -154,15 +177,18 @@ class ParallelBlock(nn.Module):
   """ViT-22B block: ``y = LN(x); x += W_out [Attn(y); gelu(y W_mlp_in + b)] + b_out``.
 
   One matmul computes Q, K, V and the MLP input (``fused_in``), one computes both outputs
-  (``fused_out``). Q/K/V have no bias; the MLP keeps its biases (``mlp_bias``).
+  (``fused_out``). Q/K/V have no bias; the MLP keeps its biases (``mlp_bias``). With ``use_moe``
+  the MLP branch is a Soft MoE of ``LN(x)``: ``x += W_out Attn(y) + b_out + MoE(y)``.
   """
   config: ViTConfig
+  use_moe: bool = False
 
   @nn.compact
-  def __call__(self, x, mask, deterministic=True):
+  def __call__(self, x, mask, deterministic=True, segment_ids=None):
     c = self.config
     kw = dict(dtype=c.compute_dtype, param_dtype=c.params_dtype)
-    h, hd, d, m = c.num_heads, c.head_dim, c.width, c.mlp_dim
+    h, hd, d = c.num_heads, c.head_dim, c.width
+    m = 0 if self.use_moe else c.mlp_dim  # the fused MLP branch's width
     y = LayerNorm(use_bias=c.norm_bias, epsilon=c.layer_norm_eps, name="norm", **kw)(x)
     fused = nn.Dense(3 * h * hd + m, use_bias=False,
                      kernel_init=nn.with_logical_partitioning(inits.lecun_normal, ("embed", "fused")),
@@ -172,7 +198,7 @@ class ParallelBlock(nn.Module):
       qkv_b = self.param("qkv_bias", nn.with_logical_partitioning(inits.zeros, ("fused",)),
                          (3 * h * hd,), c.params_dtype).astype(c.compute_dtype)
       q, k, v = q + qkv_b[:h * hd], k + qkv_b[h * hd:2 * h * hd], v + qkv_b[2 * h * hd:]
-    if c.mlp_bias:
+    if c.mlp_bias and m:
       u = u + self.param("mlp_in_bias", nn.with_logical_partitioning(inits.zeros, ("mlp",)),
                          (m,), c.params_dtype).astype(c.compute_dtype)
     shape = x.shape[:-1] + (h, hd)
@@ -184,11 +210,16 @@ class ParallelBlock(nn.Module):
                     name="key_norm", **kw)(k)
     a = dot_product_attention(q, k, v, mask=mask, implementation=c.attention_impl)
     a = a.reshape(x.shape[:-1] + (h * hd,))
-    u = nn.with_logical_constraint(gelu_exact(u), ("batch", "length", "mlp"))
-    y = nn.Dense(d, use_bias=c.mlp_bias,
-                 kernel_init=nn.with_logical_partitioning(inits.lecun_normal, ("fused", "embed")),
-                 bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
-                 name="fused_out", **kw)(jnp.concatenate([a, u], axis=-1))
+    fused_out = nn.Dense(d, use_bias=c.mlp_bias,
+                         kernel_init=nn.with_logical_partitioning(inits.lecun_normal,
+                                                                  ("fused", "embed")),
+                         bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)),
+                         name="fused_out", **kw)
+    if self.use_moe:
+      y = fused_out(a) + _make_soft_moe(c, kw)(y, segment_ids, deterministic)
+    else:
+      u = nn.with_logical_constraint(gelu_exact(u), ("batch", "length", "mlp"))
+      y = fused_out(jnp.concatenate([a, u], axis=-1))
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -196,11 +227,12 @@ class ParallelBlock(nn.Module):
 class _ScanStep(nn.Module):
   """Adapts a block to ``nn.scan``'s ``(carry, x) -> (carry, y)`` form."""
   config: ViTConfig
+  use_moe: bool = False
 
   @nn.compact
-  def __call__(self, x, mask, deterministic):
-    block = self.config.block(config=self.config, name="block")
-    x = block(x, mask, deterministic)
+  def __call__(self, x, mask, deterministic, segment_ids):
+    block = self.config.block(config=self.config, use_moe=self.use_moe, name="block")
+    x = block(x, mask, deterministic, segment_ids)
     return x, x
 
 
@@ -208,7 +240,7 @@ class Encoder(nn.Module):
   """The stack of blocks plus the final norm, over tokens ``[B, L, D]`` with ``segment_ids [B, L]``.
 
   ``segment_ids`` (0 = padding) give the attention mask, so packed and padded sequences work
-  without changes here.
+  without changes here; Soft MoE blocks route by them too.
   """
   config: ViTConfig
 
@@ -217,26 +249,34 @@ class Encoder(nn.Module):
     c = self.config
     mask = segment_mask(segment_ids)
     out = {}
+    dense = c.num_dense_layers
     if c.scan:
       step = _ScanStep
       if c.remat:
         # Inside scan, CSE cannot defeat rematerialisation, so its prevention is pure cost.
         step = nn.remat(step, policy=getattr(jax.checkpoint_policies, c.remat_policy),
                         prevent_cse=False, static_argnums=(3,))
-      x, per_layer = nn.scan(
-          step, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=c.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"})(config=c, name="blocks")(
-              x, mask, deterministic)
-      for i in range(c.depth):
-        out[f"block{i:02d}"] = per_layer[i]
+      # Dense and Soft MoE blocks have different parameters, so each kind is its own stack.
+      for first, length, use_moe, name in ((0, dense, False, "blocks"),
+                                           (dense, c.depth - dense, True, "moe_blocks")):
+        if not length:
+          continue
+        x, per_layer = nn.scan(
+            step, variable_axes={"params": 0, MOE_METRICS: 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=length,
+            metadata_params={nn.PARTITION_NAME: "layers"})(config=c, use_moe=use_moe, name=name)(
+                x, mask, deterministic, segment_ids)
+        for i in range(length):
+          out[f"block{first + i:02d}"] = per_layer[i]
     else:
       block_cls = c.block
       if c.remat:
         block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies, c.remat_policy),
                              static_argnums=(3,))
       for i in range(c.depth):
-        x = block_cls(config=c, name=f"block{i:02d}")(x, mask, deterministic)
+        x = block_cls(config=c, use_moe=i >= dense, name=f"block{i:02d}")(
+            x, mask, deterministic, segment_ids)
         out[f"block{i:02d}"] = x
     x = LayerNorm(use_bias=c.norm_bias, epsilon=c.layer_norm_eps, dtype=c.compute_dtype,
                   param_dtype=c.params_dtype, name="encoder_norm")(x)
