@@ -1,0 +1,1 @@
+"""Experiment drivers (``python -m palix.eval.experiments.NAME``); results go to docs/results/."""
