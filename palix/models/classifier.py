@@ -1,0 +1,199 @@
+"""An image classifier: a ViT, its pooled output per image, and a linear head to the classes.
+
+``ImageClassifier`` is the Flax module; ``ClassifierModel`` implements the model contract
+(``palix.models.base``) so that ``palix train`` trains it and ``palix infer`` with
+``runs/eval.gin`` evaluates it. The ViT is any ``ViTConfig`` whose ``pool`` is
+``GlobalAveragePool`` or ``MAPHead`` (one vector per image); everything else about it (blocks,
+patch and position embeddings, an MoE MLP) is chosen by gin, which is how Soft MoE, sparsity and
+AdaTape experiments reuse this model.
+
+Batch (``palix.tasks.class_batches``):
+
+================  =======  =============================  ======================================
+key               dtype    shape                          meaning
+================  =======  =============================  ======================================
+``images``        float32  [B, H, W, 3] or [B, 1, H, W, 3]  pixels in [-1, 1]
+``labels``        int32    [B]                            class ids
+``image_mask``    int32    [B]                            optional: 0 marks a padding row
+================  =======  =============================  ======================================
+
+Metrics of ``loss_fn``: ``loss`` (softmax cross-entropy, mean over real images), ``accuracy``,
+``num_examples`` and ``num_tokens`` (both the number of real images: each image is one scored
+target, and ``num_tokens`` is the weight ``palix infer``'s evaluation averages batches by).
+"""
+
+import dataclasses
+from typing import Any, Dict
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from palix.layers import initializers as inits
+from palix.models import base
+from palix.models import losses
+from palix.models.vit import GlobalAveragePool, MAPHead, ViT, ViTConfig
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """The classifier's shape.
+
+  Attributes:
+    vit: the image encoder; its ``pool`` must give one vector per image (``GlobalAveragePool``
+      or ``MAPHead``).
+    num_classes: outputs of the linear head.
+    head_zero_init: start the head at zero (big_vision's default): every class starts equally
+      likely and the first updates do not push random features around.
+  """
+  vit: ViTConfig = gin.REQUIRED
+  num_classes: int = 10
+  head_zero_init: bool = True
+
+  def resolved_vit(self) -> ViTConfig:
+    vit = self.vit.resolved()
+    if vit.pool not in (GlobalAveragePool, MAPHead):
+      name = getattr(vit.pool, "__name__", vit.pool)
+      raise ValueError(f"ClassifierConfig.vit.pool is {name}; a classifier needs one vector per "
+                       "image: set ViTConfig.pool = %vit.GlobalAveragePool or %vit.MAPHead")
+    if self.num_classes < 2:
+      raise ValueError(f"ClassifierConfig.num_classes must be at least 2; got {self.num_classes}")
+    return vit
+
+
+class ImageClassifier(nn.Module):
+  """Images ``[B, H, W, 3]`` -> logits ``[B, num_classes]``."""
+  config: ClassifierConfig
+
+  def setup(self):
+    vit = self.config.resolved_vit()
+    self.vit = ViT(vit, name="vit")
+    kernel_init = inits.zeros if self.config.head_zero_init else inits.lecun_normal
+    # The classes are the head's output vocabulary: the same logical axis as a text vocabulary.
+    self.head = nn.Dense(
+        self.config.num_classes, dtype=jnp.float32, param_dtype=vit.params_dtype,
+        kernel_init=nn.with_logical_partitioning(kernel_init, ("embed", "vocab")),
+        bias_init=nn.with_logical_partitioning(inits.zeros, ("vocab",)), name="head")
+
+  def __call__(self, images, *, train: bool = False):
+    pooled, _ = self.vit(images, train=train)
+    return self.head(pooled.astype(jnp.float32))
+
+
+@gin.configurable
+class ClassifierModel(base.BaseModel):
+  """The classifier's model contract: init, cross-entropy loss, argmax prediction, scoring.
+
+  Args:
+    config: the module config.
+    image_size: the square input side of ``example_inputs`` and of the initialisation images
+      (the parameters do not depend on it).
+    label_smoothing: of the training and evaluation loss (t5x semantics, ``palix.models.losses``).
+  """
+
+  def __init__(self, config: ClassifierConfig = gin.REQUIRED, *, image_size: int = 224,
+               label_smoothing: float = 0.0):
+    config.resolved_vit()  # errors at construction, not at the first step
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"ClassifierModel.label_smoothing must be in [0, 1); got {label_smoothing}")
+    self.config = config
+    self.module = ImageClassifier(config)
+    self.image_size = image_size
+    self.label_smoothing = label_smoothing
+
+  @property
+  def num_classes(self) -> int:
+    return self.config.num_classes
+
+  # --- shapes -------------------------------------------------------------------------------
+  def example_inputs(self, batch_size: int = 1) -> Dict[str, Any]:
+    s = self.image_size
+    return {"images": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32)}
+
+  def get_initial_variables(self, rng, input_shapes=None, input_types=None):
+    """Variables of the module (they do not depend on the batch geometry)."""
+    del input_shapes, input_types
+    s = self.image_size
+    return self.module.init(rng, jnp.zeros((1, s, s, 3), jnp.float32))
+
+  # --- batch plumbing -----------------------------------------------------------------------
+  @staticmethod
+  def single_images(images):
+    """``images`` as ``[B, H, W, 3]``; a 5-D batch must have exactly one image slot."""
+    shape = tuple(np.shape(images))
+    if len(shape) == 5 and shape[1] == 1 and shape[-1] == 3:
+      return images[:, 0]
+    if len(shape) != 4 or shape[-1] != 3:
+      raise ValueError(f"batch['images'] has shape {shape}; expected [batch, height, width, 3] "
+                       "or [batch, 1, height, width, 3]")
+    return images
+
+  @staticmethod
+  def _require(batch, keys):
+    missing = [k for k in keys if k not in batch]
+    if missing:
+      raise KeyError(f"batch is missing {', '.join(repr(k) for k in missing)}; it has "
+                     f"{sorted(batch)}")
+
+  def _logits(self, params, batch, dropout_rng=None):
+    self._require(batch, ("images",))
+    images = self.single_images(batch["images"])
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, images, train=dropout_rng is not None,
+                             rngs=rngs)
+
+  def _labels_and_weights(self, batch):
+    """``labels [B]`` and float weights ``[B]`` (``image_mask``, else ones), checked before any
+    compute so that a bad batch fails fast."""
+    self._require(batch, ("images", "labels"))
+    batch_size = np.shape(batch["images"])[0]
+    labels = batch["labels"]
+    if tuple(np.shape(labels)) != (batch_size,):
+      raise ValueError(f"batch['labels'] has shape {tuple(np.shape(labels))}; expected "
+                       f"[{batch_size}] (one class id per image)")
+    weights = batch.get("image_mask")
+    weights = (jnp.ones((batch_size,), jnp.float32) if weights is None
+               else jnp.reshape(weights, (batch_size,)).astype(jnp.float32))
+    return labels, weights
+
+  # --- training -----------------------------------------------------------------------------
+  def loss_fn(self, params, batch, rng):
+    """Mean softmax cross-entropy over the real images; ``rng=None`` disables dropout."""
+    labels, weights = self._labels_and_weights(batch)
+    logits = self._logits(params, batch, rng)
+    return self.loss_and_metrics(logits, labels, weights)
+
+  def loss_and_metrics(self, logits, labels, weights):
+    """Loss and metrics of logits ``[..., C]`` against ``labels [...]`` weighted by ``weights``."""
+    per_image, _ = losses.cross_entropy_with_z_loss(logits, labels,
+                                                    label_smoothing=self.label_smoothing)
+    count = weights.sum()
+    denom = jnp.maximum(count, 1.0)
+    loss = (per_image * weights).sum() / denom
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return loss, {"loss": loss, "accuracy": (correct * weights).sum() / denom,
+                  "num_examples": count, "num_tokens": count}
+
+  # --- inference ----------------------------------------------------------------------------
+  def predict_batch_with_aux(self, params, batch, rng=None, **decode_kwargs):
+    """Class ids ``[B]`` and ``{'logits', 'logprobs' [B, C], 'scores' [B]}`` (log p(predicted))."""
+    del rng
+    if decode_kwargs:
+      raise TypeError(f"ClassifierModel.predict_batch_with_aux takes no decoding options; got "
+                      f"{sorted(decode_kwargs)}")
+    logits = self._logits(params, batch)
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scores = jnp.take_along_axis(logprobs, predictions[..., None], axis=-1)[..., 0]
+    return predictions, {"logits": logits, "logprobs": logprobs, "scores": scores}
+
+  def score_batch(self, params, batch):
+    """``log p(label)`` per image ``[B]`` (0 for padding rows)."""
+    labels, weights = self._labels_and_weights(batch)
+    logits = self._logits(params, batch)
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logprobs, labels[..., None], axis=-1)[..., 0] * weights
+

@@ -1,0 +1,155 @@
+"""Numpy batches of an image classification task, exactly resumable like ``dataset.get_batches``.
+
+``get_class_batches(name, split=..., batch_size=...)`` reads a task of
+``palix.tasks.class_tasks`` and yields, per step, a dict of
+
+===============  =======  ===============  ==============================================
+key              dtype    shape            meaning
+===============  =======  ===============  ==============================================
+``images``       float32  [B, S, S, 3]     pixels in [-1, 1], resized to ``image_size``
+``labels``       int32    [B]              class ids
+``image_mask``   int32    [B]              1 for a real example, 0 for a padding row
+===============  =======  ===============  ==============================================
+
+The example in every slot is a pure function of the arguments and the slot's position
+(``palix.tasks.schedule``, one stream), so the guarantees of ``get_batches`` hold: the same
+arguments give the same batches, ``start_step=k`` resumes exactly in O(1), and shard ``s`` of
+``S`` gets rows ``s*B:(s+1)*B`` of the global batch. ``repeat=False`` visits every example once
+and fills the last batch with padding rows (``image_mask`` 0).
+
+Images are resized to ``image_size x image_size``: ``resize_mode='stretch'`` scales each axis,
+``'pad'`` keeps the aspect ratio and pads with black. On the ``train`` split tasks with
+``flip=True`` flip images left-right with probability 1/2 (seeded per example).
+"""
+
+from typing import Dict, Iterator, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from palix.tasks import class_tasks
+from palix.tasks import dataset
+from palix.tasks import image_ops
+from palix.tasks import schedule as schedule_lib
+from palix.tasks import tf_setup
+from palix.tasks.sources import base
+
+DataError = base.DataError
+AUGMENT_SPLITS = ("train",)
+
+
+def record_id(task_name: str, split: str, index: int) -> str:
+  """How errors and reports name an example: ``task:split[index]``."""
+  return f"{task_name}:{split}[{index}]"
+
+
+def load_example(task: class_tasks.ClassTask, split: str, index: int):
+  """``(uint8 [h, w, 3], label int32)`` of one example, checked (errors name the example)."""
+  pixels, label = task.source.example(split, int(index))
+  pixels = np.asarray(pixels)
+  where = record_id(task.name, split, int(index))
+  if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+    raise DataError(f"{where}: image has shape {pixels.shape} and dtype {pixels.dtype}; expected "
+                    "uint8 [height, width, 3]")
+  if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+    raise DataError(f"{where}: zero-sized image ({pixels.shape[0]}x{pixels.shape[1]} pixels)")
+  if not 0 <= int(label) < task.source.num_classes:
+    raise DataError(f"{where}: label {label} outside [0, {task.source.num_classes})")
+  return pixels, np.int32(label)
+
+
+def example_stream(task: class_tasks.ClassTask, *, split: str, rows: int, seed: int,
+                   shuffle: bool, repeat: bool, start_step: int, shard_index: int,
+                   num_shards: int) -> tf.data.Dataset:
+  """Raw examples in stream order: ``{pixels, label, index, seed, real, augment}``.
+
+  ``rows`` examples per step and shard; position ``p`` of the global stream is row ``i`` of step
+  ``j`` on shard ``s`` when ``p = (j * num_shards + s) * rows + i``. Past the end of a finite
+  stream (``repeat=False``, up to the end of the last step) examples are padding (``real``
+  False, a 1x1 black image).
+  """
+  tf_setup.configure_tensorflow()
+  if rows < 1 or num_shards < 1 or not 0 <= shard_index < num_shards or start_step < 0:
+    raise ValueError(f"need batch_size >= 1, num_shards >= 1, 0 <= shard_index < num_shards and "
+                     f"start_step >= 0; got {rows}, {num_shards}, {shard_index}, {start_step}")
+  size = task.source.num_examples(split)
+  schedule = schedule_lib.Schedule([(f"{task.name}:{split}", size)], [1.0], seed=seed,
+                                   shuffle=shuffle, repeat=repeat)
+  per_step = tf.constant(rows, tf.int64)
+
+  def position(element):
+    step = start_step + element // per_step
+    return (step * num_shards + shard_index) * per_step + element % per_step
+
+  if repeat:
+    elements = tf.data.Dataset.counter()
+  else:
+    num_steps = -(-size // (rows * num_shards))
+    elements = tf.data.Dataset.range(max(num_steps - start_step, 0) * rows)
+  augment = split in AUGMENT_SPLITS
+
+  def load(p):
+    real = tf.equal(schedule.task_of(p), 0)
+    index, example_seed = schedule.locate(p, 0)
+
+    def read():
+      pixels, label = tf.numpy_function(lambda i: load_example(task, split, i), [index],
+                                        [tf.uint8, tf.int32], stateful=False)
+      return (tf.ensure_shape(pixels, [None, None, 3]), tf.ensure_shape(label, []))
+
+    def padding():
+      return tf.zeros([1, 1, 3], tf.uint8), tf.constant(0, tf.int32)  # same structure as read
+
+    pixels, label = tf.cond(real, read, padding)
+    return {"pixels": pixels, "label": label,
+            "index": index, "seed": example_seed, "real": real,
+            "augment": tf.logical_and(real, tf.constant(augment))}
+
+  plain = tf.autograph.experimental.do_not_convert
+  return elements.map(plain(position)).map(plain(load), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _square_image(example, *, image_size: int, resize_mode: str, flip: bool):
+  image = image_ops.resize(example["pixels"], image_size, resize_mode)
+  if flip:
+    flip_seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)
+    image = tf.cond(example["augment"], lambda: image_ops.random_flip(image, flip_seed),
+                    lambda: image)
+  return {"images": image_ops.to_unit_range(image), "labels": example["label"],
+          "image_mask": tf.cast(example["real"], tf.int32)}
+
+
+def get_class_batches(task_name: str, *, split: str, batch_size: int,
+                      feature_lengths: Optional[Mapping[str, int]] = None, image_size: int = 224,
+                      resize_mode: str = "stretch", seed: int = 0, shuffle: bool = True,
+                      repeat: bool = True, start_step: int = 0, shard_index: int = 0,
+                      num_shards: int = 1) -> Iterator[Dict[str, np.ndarray]]:
+  """Batches of a classification task (see the module docstring).
+
+  Args:
+    task_name: a task of ``palix.tasks.class_tasks`` (``list_class_tasks()``).
+    split: ``train`` or ``test`` for the built-ins.
+    batch_size: rows per batch on this shard (the global batch is ``batch_size * num_shards``).
+    feature_lengths: ignored (a classifier has no tokens); the trainer passes its
+      ``TASK_FEATURE_LENGTHS`` to every batch source.
+    image_size: side of the square images.
+    resize_mode: ``stretch`` or ``pad`` (``palix.tasks.image_ops.resize``).
+    seed: shuffling and augmentation.
+    shuffle, repeat, start_step, shard_index, num_shards: as in ``dataset.get_batches``.
+  """
+  del feature_lengths
+  if resize_mode not in image_ops.RESIZE_MODES:
+    raise ValueError(f"resize_mode must be one of {image_ops.RESIZE_MODES}; got {resize_mode!r}")
+  task = class_tasks.get_class_task(task_name)
+  examples = example_stream(task, split=split, rows=batch_size, seed=seed, shuffle=shuffle,
+                            repeat=repeat, start_step=start_step, shard_index=shard_index,
+                            num_shards=num_shards)
+  square = lambda ex: _square_image(ex, image_size=image_size, resize_mode=resize_mode,
+                                    flip=task.flip)
+  batches = examples.map(tf.autograph.experimental.do_not_convert(square),
+                         num_parallel_calls=tf.data.AUTOTUNE)
+  batches = batches.batch(batch_size, drop_remainder=True).prefetch(2)
+  options = tf.data.Options()
+  options.deterministic = True
+  # dataset's iterator: clean DataError messages, and closed at exit (numpy_function threads).
+  return dataset._numpy_batches(batches.with_options(options))  # pylint: disable=protected-access
