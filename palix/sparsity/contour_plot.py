@@ -31,8 +31,8 @@ def plot_contour(setting: Setting, n_range, d_range, out_path: str, points: int 
   ax.set_xscale("log")
   ax.set_yscale("log")
   units = setting.units
-  ax.set_xlabel(f"N: non-zero parameters ({units.get('N', 'setting units')})")
-  ax.set_ylabel(f"D: dense-equivalent data ({units.get('D', 'setting units')})")
+  ax.set_xlabel(f"N ({units.get('N', 'non-zero parameters, setting units')})")
+  ax.set_ylabel(f"D ({units.get('D', 'setting units')}) a dense N model sees")
   ax.set_title(f"Optimal sparsity at fixed compute: {setting.name}")
   fig.colorbar(filled, ax=ax, label="optimal sparsity")
   fig.tight_layout()
