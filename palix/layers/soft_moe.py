@@ -217,6 +217,11 @@ class SoftMoe(nn.Module):
     if not deterministic and c.noise_std > 0:
       logits = logits + c.noise_std * jax.random.normal(self.make_rng("dropout"), logits.shape)
     dispatch, combine = routing_weights(logits, membership)
+    # Routing weights stay laid out like the tokens (by group); only the slot tensors below are
+    # laid out by expert, so the layout changes once each way (an all-to-all under a mesh).
+    weight_axes = ("batch", "length", None, None, None)
+    dispatch = nn.with_logical_constraint(dispatch, weight_axes)
+    combine = nn.with_logical_constraint(combine, weight_axes)
     if not self.is_initializing():  # init would otherwise store them next to the parameters
       self.sow("intermediates", "dispatch", dispatch)
       self.sow("intermediates", "combine", combine)
