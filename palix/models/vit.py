@@ -11,13 +11,18 @@ Variants of the shared layers are chosen by gin through ``ViTConfig``:
 * ``scan`` over layers and ``remat``; parameter and compute dtypes;
 * Soft MoE (``moe = SoftMoeConfig(...)``): the MLP of the last ``n`` blocks becomes a Soft MoE
   (``palix.layers.soft_moe``), in either block; scanned models scan the dense and the MoE blocks
-  as two stacks (``blocks`` and ``moe_blocks``).
+  as two stacks (``blocks`` and ``moe_blocks``);
+* AdaTape (``adatape = AdaTapeConfig(...)``, ``palix.layers.adatape``): tape tokens read from a
+  tape bank are appended before block ``tape_layer``; a scanned stack the tape falls inside is
+  split there (its second part is ``<stack>_after_tape``). ``out`` adds ``tape_tokens_used``,
+  ``ponder_cost`` and ``tape_segment_ids`` (tape slots an example does not use are padding).
 
 ``ViT.__call__`` returns ``(output, out)``: the pooled output (or all tokens) and a dict of named
 intermediates (``stem``, ``with_posemb``, ``block00``..., ``encoded``, ``pre_logits``).
 """
 
 import dataclasses
+import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
@@ -26,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from palix.layers import initializers as inits
+from palix.layers.adatape import AdaTape, AdaTapeConfig
 from palix.layers.attention import MultiHeadAttention, dot_product_attention
 from palix.layers.masks import segment_mask
 from palix.layers.mlp import Mlp, gelu_exact
@@ -84,6 +90,7 @@ class ViTConfig:
   pool: Any = None  # NoPool, GlobalAveragePool or MAPHead (None: NoPool)
   mlp: Any = None  # MLP class for the sequential block (None: Mlp)
   moe: Optional[SoftMoeConfig] = None  # Soft MoE in the last blocks (None: all dense)
+  adatape: Optional[AdaTapeConfig] = None  # AdaTape tape tokens (None: a fixed-length sequence)
   class_token: bool = False
   qk_norm: bool = False
   qkv_bias: bool = True
@@ -123,6 +130,8 @@ class ViTConfig:
     if cfg.moe is not None:
       tokens = (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.class_token)
       cfg.moe.validate(depth=cfg.depth, tokens_per_image=tokens)
+    if cfg.adatape is not None:
+      cfg = dataclasses.replace(cfg, adatape=cfg.adatape.for_vit(cfg))
     return cfg
 
   @property
@@ -236,31 +245,56 @@ class _ScanStep(nn.Module):
     return x, x
 
 
+def _stacks(dense: int, depth: int, tape_layer: Optional[int]):
+  """``(first, length, use_moe, name)`` of the scanned stacks: the dense blocks, then the Soft MoE
+  blocks; a tape inside a stack splits it (the part after the tape is ``<name>_after_tape``)."""
+  stacks = []
+  for first, stop, use_moe, name in ((0, dense, False, "blocks"),
+                                     (dense, depth, True, "moe_blocks")):
+    if tape_layer is not None and first < tape_layer < stop:
+      stacks += [(first, tape_layer - first, use_moe, name),
+                 (tape_layer, stop - tape_layer, use_moe, f"{name}_after_tape")]
+    elif stop > first:
+      stacks.append((first, stop - first, use_moe, name))
+  return stacks
+
+
 class Encoder(nn.Module):
   """The stack of blocks plus the final norm, over tokens ``[B, L, D]`` with ``segment_ids [B, L]``.
 
   ``segment_ids`` (0 = padding) give the attention mask, so packed and padded sequences work
-  without changes here; Soft MoE blocks route by them too.
+  without changes here; Soft MoE blocks route by them too. ``tape`` (AdaTape:
+  ``(x, segment_ids) -> (x, segment_ids, read)``, ``palix.layers.adatape``) appends tape tokens
+  before block ``tape_layer``; ``out`` then holds ``tape_tokens_used``, ``ponder_cost`` and
+  ``tape_segment_ids``.
   """
   config: ViTConfig
 
   @nn.compact
-  def __call__(self, x, segment_ids, deterministic=True):
+  def __call__(self, x, segment_ids, deterministic=True, tape=None, tape_layer=0):
     c = self.config
     mask = segment_mask(segment_ids)
     out = {}
     dense = c.num_dense_layers
+
+    def append_tape(x, segment_ids):
+      x, segment_ids, read = tape(x, segment_ids)
+      out.update(tape_tokens_used=read.num_tokens, ponder_cost=read.ponder,
+                 tape_segment_ids=segment_ids)
+      return x, segment_ids, segment_mask(segment_ids)
+
     if c.scan:
       step = _ScanStep
       if c.remat:
         # Inside scan, CSE cannot defeat rematerialisation, so its prevention is pure cost.
         step = nn.remat(step, policy=getattr(jax.checkpoint_policies, c.remat_policy),
                         prevent_cse=False, static_argnums=(3,))
-      # Dense and Soft MoE blocks have different parameters, so each kind is its own stack.
-      for first, length, use_moe, name in ((0, dense, False, "blocks"),
-                                           (dense, c.depth - dense, True, "moe_blocks")):
-        if not length:
-          continue
+      # Dense and Soft MoE blocks have different parameters, so each kind is its own stack; the
+      # tape lengthens the sequence, so the stack it falls inside is split there.
+      for first, length, use_moe, name in _stacks(dense, c.depth,
+                                                  tape_layer if tape is not None else None):
+        if tape is not None and first == tape_layer:
+          x, segment_ids, mask = append_tape(x, segment_ids)
         x, per_layer = nn.scan(
             step, variable_axes={"params": 0, MOE_METRICS: 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True},
@@ -275,6 +309,8 @@ class Encoder(nn.Module):
         block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies, c.remat_policy),
                              static_argnums=(3,))
       for i in range(c.depth):
+        if tape is not None and i == tape_layer:
+          x, segment_ids, mask = append_tape(x, segment_ids)
         x = block_cls(config=c, use_moe=i >= dense, name=f"block{i:02d}")(
             x, mask, deterministic, segment_ids)
         out[f"block{i:02d}"] = x
@@ -326,6 +362,9 @@ class ViT(nn.Module):
             "cls_posemb", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
             (c.width,), c.params_dtype)
     self.encoder = Encoder(c, name="Transformer")
+    if c.adatape is not None:
+      self.tape = AdaTape(c.adatape, c.width, layer_norm_eps=c.layer_norm_eps,
+                          dtype=c.compute_dtype, param_dtype=c.params_dtype, name="tape")
     self.head = _make_pool(c, "pool")
     self.dropout = nn.Dropout(c.dropout_rate)
 
@@ -350,9 +389,16 @@ class ViT(nn.Module):
     out["with_posemb"] = x
     x = self.dropout(x, deterministic=not train)
     segment_ids = jnp.ones(x.shape[:2], jnp.int32)
-    x, blocks = self.encoder(x, segment_ids, deterministic=not train)
+    tape, tape_layer = None, 0
+    if c.adatape is not None:  # the encoder appends tape tokens read from the images' bank
+      tape = functools.partial(self.tape, bank_input=images.astype(c.compute_dtype),
+                               deterministic=not train)
+      tape_layer = c.adatape.tape_layer
+    x, blocks = self.encoder(x, segment_ids, deterministic=not train, tape=tape,
+                             tape_layer=tape_layer)
     out.update(blocks)
     out["encoded"] = x
+    segment_ids = blocks.get("tape_segment_ids", segment_ids)
     pooled = self.head(x, segment_ids > 0, deterministic=not train)
     out["pre_logits"] = pooled
     return pooled, out
