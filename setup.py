@@ -50,6 +50,11 @@ TEST = [
     "hypothesis==6.170.17",
     "torch==2.13.0",
     "transformers==5.24.0",
+    "playwright==1.65.2",  # drives Debian's chromium in tests/serve (no browser download)
+]
+SERVE = [  # palix serve
+    "starlette==1.10.0",
+    "uvicorn==0.54.0",
 ]
 
 # Folder -> package (see the module docstring). ``palix.gin`` is a data folder, not a module.
@@ -67,8 +72,9 @@ setup(
     packages=packages,
     package_dir=PACKAGE_DIRS,
     package_data={"palix.gin": ["**/*.gin"], "palix.tasks": ["assets/*.model"],
-                  "palix.sparsity": ["data/*.json"]},
+                  "palix.sparsity": ["data/*.json"], "palix.serve": ["static/*"]},
     install_requires=CORE,
-    extras_require={"data": DATA, "eval": EVAL, "test": TEST, "all": DATA + EVAL + TEST},
+    extras_require={"data": DATA, "eval": EVAL, "test": TEST, "serve": SERVE,
+                    "all": DATA + EVAL + TEST + SERVE},
     entry_points={"console_scripts": ["palix=palix.cli.main:main"]},
 )

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "eval": ("palix.cli.eval", "benchmark metrics and an HTML report of a checkpoint"),
     "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
     "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
+    "serve": ("palix.cli.serve", "prompt a checkpoint over HTTP: JSON/streaming API, web page"),
 }
 
 

@@ -1,0 +1,28 @@
+"""Fixtures of the serving tests: the tiny model's Generator (random, seed 0) and a detector."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from palix import generate
+from serving_testing import (DETECT_ANSWER, DETECT_PROMPT, MAX_TARGET, SP_MODEL, random_images,
+                             tiny_model, train_to_answer)
+
+
+@pytest.fixture(scope="session")
+def generator():
+  model = tiny_model()
+  params = jax.jit(model.get_initial_variables)(jax.random.PRNGKey(0))["params"]
+  return generate.Generator(model, nn.meta.unbox(params), SP_MODEL)
+
+
+@pytest.fixture(scope="session")
+def detector(generator):
+  """``(generator, image)``: a Generator whose answer to ``DETECT_PROMPT`` about ``image`` is
+  ``DETECT_ANSWER`` (checked)."""
+  # 8x nearest upscaling: a picture large enough to see the boxes on the page.
+  image = np.kron(random_images(1, seed=42)[0], np.ones((8, 8, 1), np.uint8))
+  trained = train_to_answer(generator, image, DETECT_PROMPT, DETECT_ANSWER)
+  assert trained.generate(image, DETECT_PROMPT, max_decode_len=MAX_TARGET) == DETECT_ANSWER
+  return trained, image
