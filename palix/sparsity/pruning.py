@@ -25,7 +25,7 @@ Each update:
 4. pruned entries get the update ``-w``: ``w + (-w)`` is exactly 0, so they stay exactly zero.
 
 Which tensors (the paper's defaults, papers.md §2.1): every parameter with ``ndim >= 2`` except
-relative-position tables; embeddings (``token_embedder``, ``logits_dense``) are pruned to
+relative-position tables (and biases, which reach ndim 2 in attention layers); embeddings (``token_embedder``, ``logits_dense``) are pruned to
 ``1 − √(1 − S)``; frozen parameters are never pruned. ``include``/``exclude``/``embeddings`` replace
 these defaults with path regexes (full match against ``'decoder/layers_0/mlp/wi/kernel'``).
 """
@@ -43,7 +43,9 @@ from palix.sparsity import schedule as schedule_lib
 from palix.sparsity import structures
 from palix.training import param_paths
 
-DEFAULT_EXCLUDE = (r"(.*/)?rel(ative)?_?pos[^/]*(/.*)?",)
+# Relative-position tables (the paper) and biases: DenseGeneral's [heads, head_dim] attention
+# biases have ndim 2 but are not weights of a matmul.
+DEFAULT_EXCLUDE = (r"(.*/)?rel(ative)?_?pos[^/]*(/.*)?", r"(.*/)?bias")
 DEFAULT_EMBEDDINGS = (r"(.*/)?token_embedder/.*", r"(.*/)?logits_dense/.*")
 
 
@@ -72,7 +74,7 @@ class Pruning:
     schedule: ``GradualSchedule(...)`` (cubic GMP) or ``OneShot(at_step)``; None: ``OneShot(0)``.
     include: path regexes of candidate tensors (None: all); tensors with fewer than ``min_ndim``
       dimensions are never pruned.
-    exclude: path regexes never pruned (None: relative-position tables).
+    exclude: path regexes never pruned (None: relative-position tables and biases).
     embeddings: path regexes pruned to ``1 − √(1 − S)`` with unstructured masks (None:
       ``token_embedder``, ``logits_dense``; ``()``: none).
     min_ndim: smallest rank that is pruned (2: matrices and up; biases and norms stay dense).

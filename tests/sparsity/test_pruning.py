@@ -21,6 +21,7 @@ def _params():
                                    "bias": jnp.zeros((32,))},
                             "wo": {"kernel": jax.random.normal(k[1], (32, 16))}},
                     "norm": {"scale": jnp.ones((16,))}},
+          "attention": {"query": {"bias": jnp.ones((2, 8))}},  # DenseGeneral: 2-D bias
           "relpos_bias": {"rel_embedding": jax.random.normal(k[2], (8, 4))},
           "token_embedder": {"embedding": jax.random.normal(k[3], (24, 16))}}
 
@@ -91,7 +92,8 @@ def test_target_sparsities_and_paper_selection(history):
   assert counts["block/mlp/wi/kernel"] == 0.75 and counts["block/mlp/wo/kernel"] == 0.75
   embed = 1 - math.sqrt(1 - 0.75)  # 0.5: the paper's embedding rule
   assert counts["token_embedder/embedding"] == pytest.approx(embed, abs=1 / 384)
-  for dense in ("block/mlp/wi/bias", "block/norm/scale", "relpos_bias/rel_embedding"):
+  for dense in ("block/mlp/wi/bias", "block/norm/scale", "relpos_bias/rel_embedding",
+                "attention/query/bias"):
     assert counts[dense] == 0.0, dense  # ndim < 2 and relative positions stay dense
   assert set(param_paths.flatten(state.masks)) == {
       "block/mlp/wi/kernel", "block/mlp/wo/kernel", "token_embedder/embedding"}
@@ -130,7 +132,7 @@ def test_schedule_values_are_reached_in_training():
 def test_iterative_nm_ends_two_four_along_the_axis():
   params, _ = _run(optimizers.adamw, sparsity.Pruning(
       structure=sparsity.IterativeNM(2, 4, axis=0), embeddings=(),
-      exclude=["relpos_bias/.*", "token_embedder/.*"],
+      exclude=["relpos_bias/.*", "token_embedder/.*", "attention/.*"],
       schedule=sparsity.GradualSchedule(total_steps=12, update_every=1)), steps=12)[-1]
   for path in ("block/mlp/wi/kernel", "block/mlp/wo/kernel"):
     w = np.asarray(param_paths.flatten(params)[path])
