@@ -68,14 +68,16 @@ def _fit(args) -> int:
     raise ValueError(f"--holdout {args.holdout} leaves {int(train.sum())} runs to fit "
                      f"{len(law_lib.NAMES)} coefficients")
   fit = law_lib.fit_law(s[train], n[train], d[train], loss[train], delta=args.delta,
-                        log_loss=args.log_loss, starts=args.starts, seed=args.seed)
+                        log_loss=args.log_loss, starts=args.starts, seed=args.seed,
+                        nonnegative=args.nonnegative)
   c = fit.coefficients
   print(f"runs: {len(runs)} ({int(train.sum())} fitted, {int((~train).sum())} held out: "
         f"{args.holdout})")
   print(f"form: {law_lib.FORM}")
   print("coefficients: " + "  ".join(f"{k}={getattr(c, k):.5g}" for k in law_lib.NAMES))
   spread = np.array(fit.objectives)
-  print(f"huber objective: {fit.objective:.4g} (delta={args.delta}, log_loss={args.log_loss}); "
+  print(f"huber objective: {fit.objective:.4g} (delta={args.delta}, log_loss={args.log_loss}, "
+        f"nonnegative={args.nonnegative}); "
         f"{fit.successful_starts}/{fit.starts} starts converged, objectives "
         f"{spread.min():.4g}..{spread.max():.4g}")
   _, rmse, rel = _errors(c, s[train], n[train], d[train], loss[train])
@@ -107,7 +109,7 @@ def _bootstrap(args, s, n, d, loss):
     try:
       fit = law_lib.fit_law(s[idx], n[idx], d[idx], loss[idx], delta=args.delta,
                             log_loss=args.log_loss, starts=max(3, args.starts // 3),
-                            seed=int(rng.integers(1 << 30)))
+                            seed=int(rng.integers(1 << 30)), nonnegative=args.nonnegative)
     except ValueError:
       continue
     vectors.append(fit.coefficients.vector())
@@ -207,6 +209,8 @@ def _parser():
                    help="runs left out of the fit and predicted")
   fit.add_argument("--holdout_fraction", type=float, default=0.25, help="for --holdout random")
   fit.add_argument("--bootstrap", type=int, default=0, help="refit on K resamples of the runs")
+  fit.add_argument("--nonnegative", action="store_true",
+                   help="bound every coefficient below by 0 (the paper's fits are unbounded)")
   fit.add_argument("--out", help="write the fit as a setting JSON (for advise --setting)")
   fit.add_argument("--units_n", default="as in the runs file", help="unit of N, for --out")
   fit.add_argument("--units_d", default="as in the runs file", help="unit of D, for --out")

@@ -86,8 +86,13 @@ def _residuals(v, sparsity, nonzero_params, data, loss, log_loss: bool):
 
 
 def fit_law(sparsity, nonzero_params, data, loss, *, delta: float = 0.01, log_loss: bool = False,
-            starts: int = 25, seed: int = 0) -> FitResult:
-  """Fits the 7 coefficients; raises if no start converges."""
+            starts: int = 25, seed: int = 0, nonnegative: bool = False) -> FitResult:
+  """Fits the 7 coefficients; raises if no start converges.
+
+  ``nonnegative`` bounds every coefficient below by 0 (the paper's fits are unbounded). On small
+  sweeps far from the irreducible loss, an unbounded fit may trade ``c`` against ``e_D`` with
+  ``b_D`` near 0 (a logarithm in disguise) and end with a negative ``c``.
+  """
   arrays = [np.asarray(x, np.float64) for x in (sparsity, nonzero_params, data, loss)]
   if len(arrays[0]) < len(NAMES):
     raise ValueError(f"fitting {len(NAMES)} coefficients needs at least {len(NAMES)} runs; got "
@@ -95,8 +100,9 @@ def fit_law(sparsity, nonzero_params, data, loss, *, delta: float = 0.01, log_lo
   rng = np.random.default_rng(seed)
   best, best_objective, objectives = None, np.inf, []
   for _ in range(starts):
-    result = scipy.optimize.least_squares(_residuals, rng.uniform(size=len(NAMES)),
-                                          args=(*arrays, log_loss), loss="huber", f_scale=delta)
+    result = scipy.optimize.least_squares(
+        _residuals, rng.uniform(size=len(NAMES)), args=(*arrays, log_loss), loss="huber",
+        f_scale=delta, bounds=(0.0, np.inf) if nonnegative else (-np.inf, np.inf))
     objective = huber_objective(result.x, *arrays, delta, log_loss)
     if result.status <= 0 or not np.isfinite(objective):
       continue

@@ -50,6 +50,14 @@ def test_fit_recovers_the_paper_coefficients_from_noise_free_runs():
   np.testing.assert_allclose(fit.coefficients.vector(), truth.vector(), rtol=1e-4)
 
 
+def test_nonnegative_fit_keeps_every_coefficient_at_or_above_zero():
+  rng = np.random.default_rng(1)
+  s, n, d = (x.ravel() for x in np.meshgrid([0.0, 0.5, 0.75], [1.0, 4.0, 16.0], [1.0, 2.0, 4.0]))
+  loss = 1.5 - 0.2 * np.log(d) + 0.1 * rng.standard_normal(s.size) ** 2  # log-like: c wants < 0
+  fit = law_lib.fit_law(s, n, d, loss, starts=4, nonnegative=True)
+  assert np.all(fit.coefficients.vector() >= 0)
+
+
 def test_too_few_runs():
   with pytest.raises(ValueError, match="needs at least 7 runs"):
     law_lib.fit_law([0.0] * 3, [1.0] * 3, [1.0] * 3, [1.0] * 3)
