@@ -2,10 +2,10 @@
 
 Two steps, each the real command in a subprocess (so each gets a fresh gin config):
 
-1. ``palix train`` with ``gin/experiments/demo_{model,train}.gin`` into ``runs/demo``. The trainer
+1. ``palix train`` with ``gin/experiments/demo_{model,train}.gin`` into ``out/demo``. The trainer
    restores the latest checkpoint, so an interrupted demo resumes instead of starting over.
 2. ``palix eval`` with ``gin/experiments/demo_{model,eval}.gin`` on the test splits, which prints
-   the metrics table and writes ``runs/demo/eval/report.html``.
+   the metrics table and writes ``out/demo/eval/report.html``.
 
 ``--steps`` and ``--max_eval_examples`` shorten it (the test suite runs a few steps of the same
 path); extra ``--gin.NAME=VALUE`` flags reach both steps.
@@ -85,7 +85,8 @@ def _run(step: str, args) -> None:
 def run(argv):
   bindings, rest = palix_config.split_gin_bindings(argv)
   parser = argparse.ArgumentParser(prog="palix demo", description=__doc__.splitlines()[0])
-  parser.add_argument("--model_dir", default="runs/demo")
+  # Not under runs/: a folder runs/ in the current folder would shadow gin's include 'runs/...'.
+  parser.add_argument("--model_dir", default="out/demo")
   parser.add_argument("--steps", type=int, default=None, help="training steps (default: gin)")
   parser.add_argument("--max_eval_examples", type=int, default=None,
                       help="test examples per task (default: gin)")

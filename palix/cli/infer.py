@@ -63,6 +63,7 @@ def run(argv):
     if args.image or args.examples:
       parser.error("--image and --examples need --prompt")
     result = job()
+    run_config.check_command_line_bindings_read()
     print(result if isinstance(result, str) else json.dumps(result, indent=1, sort_keys=True))
     return 0
   if not args.image:
@@ -74,6 +75,7 @@ def run(argv):
     completion = generator.complete(args.image, args.prompt, examples)
   except ValueError as e:
     parser.error(str(e))
+  run_config.check_command_line_bindings_read()
   print(json.dumps({"prompt": args.prompt, "images": args.image, "num_examples": len(examples),
                     "answer": completion.text, "tokens": list(completion.tokens),
                     "logprob": round(completion.logprob, 4)}))

@@ -3,6 +3,9 @@
 import argparse
 import importlib
 import sys
+import traceback
+
+from palix.cli import console
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs, so
 # ``palix params`` never pulls in TensorFlow.
@@ -21,8 +24,20 @@ SUBCOMMANDS = {
 
 
 def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="palix", description="PaLI-X-style models in JAX/Flax")
+  """Runs ``palix COMMAND ...``; returns the exit code.
+
+  Errors print one line, ``palix COMMAND: error: ...`` (``--debug`` or ``PALIX_DEBUG=1`` adds the
+  traceback). Called without ``argv`` (the ``palix`` console script, ``python -m palix.cli.main``)
+  it owns the process, and an error ends the process right after its message.
+  """
+  owns_process = argv is None
+  argv, debug, verbose = console.pop_global_flags(list(sys.argv[1:] if argv is None else argv))
+  if not verbose:
+    console.quiet_libraries()  # before any subcommand imports TensorFlow or JAX
+  parser = argparse.ArgumentParser(
+      prog="palix", description="PaLI-X-style models in JAX/Flax",
+      epilog="every command also takes " + ", ".join(
+          f"{flag} ({help_text})" for flag, help_text in console.GLOBAL_FLAGS.items()))
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name, (_, help_text) in SUBCOMMANDS.items():
     sub.add_parser(name, help=help_text, add_help=False)
@@ -32,8 +47,23 @@ def main(argv=None):
       print(f"\npalix: unknown command {argv[0]!r}", file=sys.stderr)
       return 2
     return 0
-  module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-  return module.run(argv[1:])
+  prog = f"palix {argv[0]}"
+  try:
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return module.run(argv[1:])
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    code = console.INTERRUPTED_EXIT_CODE
+  except Exception as error:  # pylint: disable=broad-except  # every error: one line
+    if debug and not owns_process:
+      raise
+    if debug:
+      traceback.print_exc()
+    print(console.error_line(prog, error), file=sys.stderr)
+    code = console.exit_code(error)
+  if owns_process:
+    console.end_process(code)
+  return code
 
 
 if __name__ == "__main__":

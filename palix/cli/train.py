@@ -6,7 +6,6 @@ settings; see docs/training.md). Multi-process runs add ``--coordinator_address=
 """
 
 import argparse
-import sys
 
 from palix.training import run_config
 from palix.training import trainer
@@ -15,9 +14,5 @@ from palix.training import trainer
 def run(argv):
   parser = argparse.ArgumentParser(prog="palix train", description=__doc__.splitlines()[0])
   run_config.parse_run_flags(argv, parser)
-  try:
-    trainer.train()
-  except FloatingPointError as e:
-    print(f"palix train: {e}", file=sys.stderr)
-    return 1
+  trainer.train()  # errors (a data error, NaN loss, ...): one line, by palix.cli.main
   return 0

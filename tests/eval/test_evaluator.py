@@ -204,7 +204,7 @@ def test_a_missing_checkpoint_is_reported_by_path(tmp_path, capsys):
   missing = tmp_path / "no_such_run"
   assert _palix_eval(f"--gin.CHECKPOINT_PATH='{missing}'", "--gin.MIXTURE_OR_TASK_NAME='easy_vqa'",
                      f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}") == 1
-  assert f"palix eval: checkpoint {str(missing)!r} does not exist" in capsys.readouterr().err
+  assert f"palix eval: error: checkpoint {str(missing)!r} does not exist" in capsys.readouterr().err
 
 
 # --- the evaluator against scripted models ------------------------------------------------------
