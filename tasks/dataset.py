@@ -21,6 +21,7 @@ shards yield the same number of batches.
 """
 
 import atexit
+import gc
 import math
 import re
 import weakref
@@ -262,8 +263,9 @@ def _plain(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-# Batch generators still open. tf.data threads blocked in a Python op (``tf.numpy_function``)
-# would hang interpreter shutdown, so they are closed (their iterators freed) at exit.
+# Batch generators still open. Their iterators are destroyed at exit (atexit runs before the
+# interpreter shuts down): destroyed during shutdown, a tf.data iterator waits for worker threads
+# that can no longer run their Python ops (``tf.numpy_function``), and the process hangs.
 _OPEN_GENERATORS = weakref.WeakSet()
 
 
@@ -280,6 +282,12 @@ def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Batch]:
 
 
 def _iterate(dataset: tf.data.Dataset) -> Iterator[Batch]:
+  """Numpy batches of ``dataset``; a pipeline error ends the stream with a ``DataError``.
+
+  The failed iterator is destroyed before the ``DataError`` is raised, and nothing refers to it
+  afterwards (the error has no ``__context__``). Otherwise the TF error's traceback would keep it
+  alive until interpreter shutdown, where destroying it hangs (see ``_OPEN_GENERATORS``).
+  """
   iterator = dataset.as_numpy_iterator()
   try:
     while True:
@@ -288,10 +296,13 @@ def _iterate(dataset: tf.data.Dataset) -> Iterator[Batch]:
       except StopIteration:
         return
       except tf.errors.OpError as e:
-        raise DataError(_clean_tf_message(e.message)) from None
+        message = _clean_tf_message(e.message)
+        break
       yield batch
   finally:
     del iterator
+  gc.collect()  # the TF error's frames and the iterator form reference cycles: free them now
+  raise DataError(message)
 
 
 def _clean_tf_message(message: str) -> str:

@@ -7,7 +7,7 @@ Layout of a training run::
 
 Saves are asynchronous and collective (every process calls them; Orbax writes each process's
 shards). A step folder only appears once complete, so a run killed mid-save resumes from the last
-complete one.
+complete one (and says that it found and ignored the incomplete save).
 
 ``load_params`` reads parameters (all, or a regex-selected subset with renames) from either a
 training checkpoint (``MODEL_DIR/checkpoints``, or one ``<step>`` folder in it) or a params-only
@@ -44,10 +44,17 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: Optional[int] = 3, async_save: bool = True):
     self.directory = pathlib.Path(directory).absolute()  # Orbax refuses relative paths
+    incomplete = incomplete_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(str(self.directory), options=options)
+    if incomplete:  # the manager deletes them (cleanup_tmp_directories)
+      latest = self.latest_step()
+      logger.warning("%s: found an incomplete save (%s), left by a run stopped while writing it; "
+                     "it is ignored and deleted, %s", self.directory, ", ".join(incomplete),
+                     f"the newest complete checkpoint is step {latest}" if latest
+                     else "there is no complete checkpoint (starting from step 0)")
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -59,10 +66,30 @@ class Checkpoints:
     self._manager.save(step, args=args, force=True)
 
   def restore(self, step: int, abstract_state: TrainState) -> Tuple[TrainState, Dict[str, Any]]:
-    """Restores ``step`` into ``abstract_state``'s layout (ShapeDtypeStructs with shardings)."""
+    """Restores ``step`` into ``abstract_state``'s layout (ShapeDtypeStructs with shardings).
+
+    Raises:
+      ValueError: the checkpoint holds another model (every differing parameter is listed) or,
+        with the same parameters, another optimizer state.
+    """
+    state_dir = self.directory / str(step) / "state"
+    differences = param_differences(stored_params(state_dir),
+                                    param_paths.flatten(abstract_state.params))
+    if differences:
+      raise ValueError(
+          f"{self.directory} holds a different model (step {step}): {len(differences)} "
+          "parameter(s) differ from this run's model. Train into a new MODEL_DIR, or start from "
+          "those weights with runs/finetune.gin (INITIAL_CHECKPOINT_PATH; checkpoints."
+          f"InitialCheckpoint.include selects what to restore):\n  {_listing(differences)}")
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.as_dict()),
                               metadata=ocp.args.JsonRestore())
-    restored = self._manager.restore(step, args=args)
+    try:
+      restored = self._manager.restore(step, args=args)
+    except ValueError as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"{state_dir}: the parameters match this model but the rest of the "
+                       f"training state does not (another optimizer or optimizer settings?): "
+                       f"{first_line}") from e
     return TrainState.from_dict(restored["state"]), dict(restored["metadata"])
 
   def wait(self) -> None:
@@ -71,6 +98,14 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def incomplete_saves(directory: pathlib.Path) -> List[str]:
+  """Names of the step folders a stopped run left half written in ``directory``: Orbax writes a
+  step into ``<step>.orbax-checkpoint-tmp...`` and renames it only once it is complete."""
+  if not directory.is_dir():
+    return []
+  return sorted(ocp.path.step.tmp_checkpoints(epath.Path(directory)))
 
 
 # --- parameter restores -------------------------------------------------------------------------
@@ -90,6 +125,12 @@ def resolve_pytree_dir(path: str) -> pathlib.Path:
     return root / str(steps[-1]) / "state"  # MODEL_DIR/checkpoints: the latest step
   if (root / "checkpoints").is_dir():
     return resolve_pytree_dir(str(root / "checkpoints"))  # MODEL_DIR itself
+  incomplete = incomplete_saves(root)
+  if incomplete:
+    raise FileNotFoundError(
+        f"{path!r} holds only an incomplete save ({', '.join(incomplete)}), left by a training run "
+        "stopped while writing it, and no complete checkpoint; resume the training (palix train "
+        "ignores it) to write one")
   raise FileNotFoundError(
       f"{path!r} is not a palix checkpoint: expected a params-only Orbax checkpoint saved as "
       "{'params': params}, a training run's checkpoints folder, or one <step> folder in it")
@@ -135,6 +176,23 @@ def _mapping_errors(mapping: Dict[str, str], targets: Dict[str, Any],
   return errors
 
 
+def param_differences(stored: Dict[str, Tuple[Tuple[int, ...], Any]],
+                      targets: Dict[str, Any]) -> List[str]:
+  """How a checkpoint's parameters (``stored_params``) differ from a model's, one line each: the
+  same check as ``load_params``, plus the stored parameters the model does not have."""
+  errors = _mapping_errors({path: path for path in targets if path in stored}, targets, stored)
+  errors += [f"{path!r}: in this model (shape {tuple(target.shape)}) but not in the checkpoint"
+             for path, target in targets.items() if path not in stored]
+  errors += [f"{path!r}: in the checkpoint (shape {shape}) but not in this model"
+             for path, (shape, _) in stored.items() if path not in targets]
+  return errors
+
+
+def _listing(errors: List[str], limit: int = 20) -> str:
+  return "\n  ".join(errors[:limit]) + (f"\n  ... and {len(errors) - limit} more"
+                                       if len(errors) > limit else "")
+
+
 def load_params(path: str, abstract_params, *, include: Sequence[str] = (".*",),
                 rename: Sequence[Tuple[str, str]] = ()) -> Dict[str, jax.Array]:
   """Reads the selected parameters into the target layout.
@@ -171,10 +229,8 @@ def load_params(path: str, abstract_params, *, include: Sequence[str] = (".*",),
       mapping[target] = source
   errors = _mapping_errors(mapping, targets, stored)
   if errors:
-    shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more"
-                                        if len(errors) > 20 else "")
     raise ValueError(f"cannot restore {len(errors)} of {len(mapping)} selected parameters from "
-                     f"{str(pytree_dir)!r}:\n  {shown}")
+                     f"{str(pytree_dir)!r}:\n  {_listing(errors)}")
   item = _nest({source: targets[t] for t, source in mapping.items()})
   restore_args = jax.tree.map(
       lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype, global_shape=s.shape),

@@ -190,11 +190,16 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
   optimizer = optimizer.with_frozen_prefixes(getattr(model, "frozen_param_prefixes", tuple)())
   factory = StateFactory(model, optimizer.make(), partitioner,
                          *_batch_geometry(first, layout), seed=seed)
+  run_config.check_command_line_bindings_read()  # every configurable of the run has been called
   state = _restore_or_initialize(factory, ckpts, start_step, data_info, initial_checkpoint)
-  logger.info("training steps %d..%d of %r: batch %d (%d rows on shard %d of %d), mesh %s",
-              start_step + 1, train_steps, mixture_or_task_name, batch_size,
-              layout.local_batch_size, layout.shard_index, layout.num_shards,
-              dict(partitioner.mesh.shape))
+  if start_step >= train_steps:
+    logger.info("%s already holds step %d and train_steps is %d: training is complete, nothing to "
+                "do (raise TRAIN_STEPS to train further)", ckpts.directory, start_step, train_steps)
+  else:
+    logger.info("training steps %d..%d of %r: batch %d (%d rows on shard %d of %d), mesh %s",
+                start_step + 1, train_steps, mixture_or_task_name, batch_size,
+                layout.local_batch_size, layout.shard_index, layout.num_shards,
+                dict(partitioner.mesh.shape))
   step_fn = jax.jit(
       train_step_lib.make_train_step(model, factory.tx, optimizer.learning_rate_fn,
                                      optimizer.frozen_mask(factory.abstract_params),
