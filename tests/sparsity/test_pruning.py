@@ -164,3 +164,30 @@ def test_bad_selection_is_reported_at_init(kwargs, message):
                              sparsity=sparsity.Pruning(**kwargs))
   with pytest.raises(ValueError, match=message):
     opt.make().init(_params())
+
+
+@pytest.mark.parametrize("model_gin", ["models/t5/t5_1_1_tiny.gin", "models/palix/palix_tiny.gin",
+                                       "models/cappa/cappa_tiny.gin"])
+def test_paper_defaults_on_palix_models(model_gin):
+  """The selection on real parameter trees (abstract shapes, nothing allocated)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from palix import config as palix_config  # pylint: disable=g-import-not-at-top
+  from palix import model_stats  # pylint: disable=g-import-not-at-top
+
+  gin.clear_config()
+  try:
+    palix_config.parse_gin([model_gin], [], [], finalize=False)
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    shapes = model_stats.param_shapes(model.module, model.example_inputs(1))
+  finally:
+    gin.clear_config()
+  flat = param_paths.flatten(shapes)
+  targets = sparsity.Pruning(sparsity=0.75).targets(shapes)
+  for path, leaf in flat.items():
+    expected = (len(leaf.shape) >= 2 and "relpos" not in path and not path.endswith("/bias"))
+    assert (path in targets) == expected, path
+    if path in targets:
+      embedding = "token_embedder/" in path or "logits_dense/" in path
+      assert targets[path][0] == pytest.approx(0.5 if embedding else 0.75), path
+  if "t5" in model_gin:
+    assert targets["token_embedder/embedding"][0] == pytest.approx(0.5)
