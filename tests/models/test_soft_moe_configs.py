@@ -67,3 +67,16 @@ def test_cost_table_params_grow_and_flops_stay_flat():
   for a, b in zip(rows, rows[1:]):
     assert b["params"] - a["params"] == (b["experts"] - a["experts"]) * mlp_block
     assert b["forward_flops"] == a["forward_flops"]
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("SoftMoeConfig.num_experts=0", "SoftMoeConfig.num_experts = 0: must be a positive integer"),
+    ("SoftMoeConfig.group_size=5", "SoftMoeConfig.group_size = 5: does not divide the 16 tokens"),
+    ("SoftMoeConfig.last_n_layers=3", "SoftMoeConfig.last_n_layers = 3: the MoE layers must lie "
+     "within the ViT's 2 blocks"),
+])
+def test_palix_params_names_the_bad_binding(clean_gin, capsys, binding, message):
+  from palix.cli import params  # pylint: disable=g-import-not-at-top
+  code = params.run(["--gin_file=models/vit/soft_moe_tiny.gin", f"--gin.{binding}"])
+  assert code == 2
+  assert capsys.readouterr().err.startswith(f"palix params: {message}")
