@@ -7,19 +7,34 @@
 patch and position embeddings, an MoE MLP) is chosen by gin, which is how Soft MoE, sparsity and
 AdaTape experiments reuse this model.
 
-Batch (``palix.tasks.class_batches``):
+Plain batch (``palix.tasks.class_batches``):
 
-================  =======  =============================  ======================================
-key               dtype    shape                          meaning
-================  =======  =============================  ======================================
-``images``        float32  [B, H, W, 3] or [B, 1, H, W, 3]  pixels in [-1, 1]
-``labels``        int32    [B]                            class ids
-``image_mask``    int32    [B]                            optional: 0 marks a padding row
-================  =======  =============================  ======================================
+================  =======  ================================  ===================================
+key               dtype    shape                             meaning
+================  =======  ================================  ===================================
+``images``        float32  [B, H, W, 3] or [B, 1, H, W, 3]   pixels in [-1, 1]
+``labels``        int32    [B]                               class ids
+``image_mask``    int32    [B]                               optional: 0 marks a padding row
+================  =======  ================================  ===================================
 
-Metrics of ``loss_fn``: ``loss`` (softmax cross-entropy, mean over real images), ``accuracy``,
-``num_examples`` and ``num_tokens`` (both the number of real images: each image is one scored
-target, and ``num_tokens`` is the weight ``palix infer``'s evaluation averages batches by).
+Packed batch (NaViT, ``palix.tasks.packing``): up to K images of any size per row of L tokens.
+
+================  =======  ================  ===================================================
+key               dtype    shape             meaning
+================  =======  ================  ===================================================
+``patches``       float32  [B, L, p*p*3]     patch pixels in [-1, 1]
+``image_ids``     int32    [B, L]            0 = padding, k = the image in slot k-1
+``ys``, ``xs``    int32    [B, L]            each token's patch coordinates in its image
+``grid_sizes``    int32    [B, K, 2]         each slot's patch grid (gh, gw)
+``labels``        int32    [B, K]            class id per slot
+``image_mask``    int32    [B, K]            1 for a real image, 0 for an empty slot
+================  =======  ================  ===================================================
+
+Empty slots and padding rows are masked out of the loss, the metrics and the scores; their
+predictions are -1. Metrics of ``loss_fn``: ``loss`` (softmax cross-entropy, mean over real
+images), ``accuracy``, ``num_examples`` and ``num_tokens`` (both the number of real images: each
+image is one scored target, and ``num_tokens`` is the weight ``palix infer``'s evaluation
+averages batches by).
 """
 
 import dataclasses
@@ -82,6 +97,14 @@ class ImageClassifier(nn.Module):
     pooled, _ = self.vit(images, train=train)
     return self.head(pooled.astype(jnp.float32))
 
+  def packed(self, patches, image_ids, ys, xs, grid_sizes, *, train: bool = False):
+    """Packed rows -> logits ``[B, K, num_classes]`` (one row of logits per image slot)."""
+    pooled, _ = self.vit.encode_packed(patches, image_ids, ys, xs, grid_sizes, train=train)
+    return self.head(pooled.astype(jnp.float32))
+
+
+PACKED_KEYS = ("patches", "image_ids", "ys", "xs", "grid_sizes", "labels", "image_mask")
+
 
 @gin.configurable
 class ClassifierModel(base.BaseModel):
@@ -138,16 +161,43 @@ class ClassifierModel(base.BaseModel):
       raise KeyError(f"batch is missing {', '.join(repr(k) for k in missing)}; it has "
                      f"{sorted(batch)}")
 
+  @staticmethod
+  def is_packed(batch) -> bool:
+    """Packed (NaViT) batches carry ``patches`` instead of ``images``."""
+    return "patches" in batch
+
   def _logits(self, params, batch, dropout_rng=None):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    variables, train = {"params": params}, dropout_rng is not None
+    if self.is_packed(batch):
+      self._check_packed(batch)
+      return self.module.apply(variables, *(batch[k] for k in PACKED_KEYS[:5]), train=train,
+                               rngs=rngs, method=ImageClassifier.packed)
     self._require(batch, ("images",))
     images = self.single_images(batch["images"])
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, images, train=dropout_rng is not None,
-                             rngs=rngs)
+    return self.module.apply(variables, images, train=train, rngs=rngs)
+
+  def _check_packed(self, batch):
+    self._require(batch, PACKED_KEYS)
+    mask_shape = tuple(np.shape(batch["image_mask"]))
+    if len(mask_shape) != 2:
+      raise ValueError(f"packed batch['image_mask'] has shape {mask_shape}; expected "
+                       "[batch, num_image_slots]")
+    rows, slots = mask_shape
+    for key in ("labels", "image_mask"):
+      if tuple(np.shape(batch[key])) != (rows, slots):
+        raise ValueError(f"packed batch[{key!r}] has shape {tuple(np.shape(batch[key]))}; "
+                         f"expected [{rows}, {slots}] (one entry per image slot)")
+    if tuple(np.shape(batch["grid_sizes"])) != (rows, slots, 2):
+      raise ValueError(f"packed batch['grid_sizes'] has shape {tuple(np.shape(batch['grid_sizes']))}"
+                       f"; expected [{rows}, {slots}, 2]")
 
   def _labels_and_weights(self, batch):
-    """``labels [B]`` and float weights ``[B]`` (``image_mask``, else ones), checked before any
-    compute so that a bad batch fails fast."""
+    """``labels`` and float weights of the same shape (``image_mask``, else ones), checked
+    before any compute so that a bad batch fails fast."""
+    if self.is_packed(batch):
+      self._check_packed(batch)
+      return batch["labels"], jnp.asarray(batch["image_mask"]).astype(jnp.float32)
     self._require(batch, ("images", "labels"))
     batch_size = np.shape(batch["images"])[0]
     labels = batch["labels"]
@@ -179,7 +229,10 @@ class ClassifierModel(base.BaseModel):
 
   # --- inference ----------------------------------------------------------------------------
   def predict_batch_with_aux(self, params, batch, rng=None, **decode_kwargs):
-    """Class ids ``[B]`` and ``{'logits', 'logprobs' [B, C], 'scores' [B]}`` (log p(predicted))."""
+    """Class ids and ``{'logits', 'logprobs' [..., C], 'scores'}`` (log p(predicted)).
+
+    Plain batches give ``[B]`` ids, packed ones ``[B, K]`` with -1 (and score 0) for empty slots.
+    """
     del rng
     if decode_kwargs:
       raise TypeError(f"ClassifierModel.predict_batch_with_aux takes no decoding options; got "
@@ -188,10 +241,13 @@ class ClassifierModel(base.BaseModel):
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scores = jnp.take_along_axis(logprobs, predictions[..., None], axis=-1)[..., 0]
+    if self.is_packed(batch):
+      real = jnp.asarray(batch["image_mask"]) > 0
+      predictions, scores = jnp.where(real, predictions, -1), jnp.where(real, scores, 0.0)
     return predictions, {"logits": logits, "logprobs": logprobs, "scores": scores}
 
   def score_batch(self, params, batch):
-    """``log p(label)`` per image ``[B]`` (0 for padding rows)."""
+    """``log p(label)`` per image, ``[B]`` (``[B, K]`` packed); 0 for padding."""
     labels, weights = self._labels_and_weights(batch)
     logits = self._logits(params, batch)
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -6,7 +6,8 @@ Variants of the shared layers are chosen by gin through ``ViTConfig``:
   QKV+MLP-in projection, fused output projection);
 * QK-norm, biases on QKV and on the norms (ViT-22B drops both, keeps the MLP biases);
 * patch embedding: ``ConvPatchEmbed`` or ``DualPatchNormEmbed``;
-* position embedding: ``LearnedPosEmb`` (1-D, resized), ``SinCos2DPosEmb``, ``FactorizedPosEmb``;
+* position embedding: ``LearnedPosEmb`` (1-D, resized), ``SinCos2DPosEmb``, NaViT's factorized
+  ``FactorizedPosEmb`` (learned) and ``SinCosFactorizedPosEmb`` (fixed), absolute or fractional;
 * pooling: ``NoPool`` (all tokens, as PaLI-X uses it), ``GlobalAveragePool``, ``MAPHead``;
 * ``scan`` over layers and ``remat``; parameter and compute dtypes;
 * Soft MoE (``moe = SoftMoeConfig(...)``): the MLP of the last ``n`` blocks becomes a Soft MoE
@@ -19,6 +20,10 @@ Variants of the shared layers are chosen by gin through ``ViTConfig``:
 
 ``ViT.__call__`` returns ``(output, out)``: the pooled output (or all tokens) and a dict of named
 intermediates (``stem``, ``with_posemb``, ``block00``..., ``encoded``, ``pre_logits``).
+
+``ViT.encode_packed`` is the second entry, for NaViT's packed sequences (``palix.tasks.packing``):
+patchified pixels of several images per row with their image ids and patch coordinates, the
+same blocks, attention only within an image and one pooled vector per image slot.
 """
 
 import dataclasses
@@ -38,7 +43,8 @@ from palix.layers.mlp import Mlp, gelu_exact
 from palix.layers.norms import LayerNorm
 from palix.layers.patch import ConvPatchEmbed, DualPatchNormEmbed
 from palix.layers.pooling import GlobalAveragePool, MAPHead, NoPool
-from palix.layers.position import FactorizedPosEmb, LearnedPosEmb, SinCos2DPosEmb
+from palix.layers.position import (FactorizedPosEmb, LearnedPosEmb, SinCos2DPosEmb,
+                                   SinCosFactorizedPosEmb)
 from palix.layers.soft_moe import MOE_METRICS, SoftMoe, SoftMoeConfig
 
 # name: (width, depth, mlp_dim, num_heads). Table 2 of Zhai et al. 2021 plus ViT-22B (papers.md §1).
@@ -86,7 +92,8 @@ class ViTConfig:
   image_size: int = 224  # resolution the learned position table is stored for
   block: Any = None  # SequentialBlock or ParallelBlock (None: SequentialBlock)
   patch_embed: Any = None  # ConvPatchEmbed or DualPatchNormEmbed (None: ConvPatchEmbed)
-  posemb: Any = None  # LearnedPosEmb, SinCos2DPosEmb or FactorizedPosEmb (None: LearnedPosEmb)
+  posemb: Any = None  # LearnedPosEmb, SinCos2DPosEmb, FactorizedPosEmb, SinCosFactorizedPosEmb
+  #                     (None: LearnedPosEmb)
   pool: Any = None  # NoPool, GlobalAveragePool or MAPHead (None: NoPool)
   mlp: Any = None  # MLP class for the sequential block (None: Mlp)
   moe: Optional[SoftMoeConfig] = None  # Soft MoE in the last blocks (None: all dense)
@@ -98,6 +105,7 @@ class ViTConfig:
   mlp_bias: bool = True
   layer_norm_eps: float = 1e-6
   posemb_max_grid: int = 64
+  posemb_fractional: bool = False  # factorized embeddings: fractional instead of absolute indices
   dropout_rate: float = 0.0
   scan: bool = False
   remat: bool = False
@@ -332,8 +340,13 @@ def _make_posemb(c: ViTConfig, name: str):
   if c.posemb is LearnedPosEmb:
     return LearnedPosEmb(grid=grid, width=c.width, param_dtype=c.params_dtype, name=name)
   if c.posemb is FactorizedPosEmb:
-    return FactorizedPosEmb(max_grid=c.posemb_max_grid, width=c.width, param_dtype=c.params_dtype,
-                            name=name)
+    return FactorizedPosEmb(max_grid=c.posemb_max_grid, width=c.width,
+                            fractional=c.posemb_fractional, param_dtype=c.params_dtype, name=name)
+  if c.posemb is SinCosFactorizedPosEmb:
+    return SinCosFactorizedPosEmb(width=c.width, fractional=c.posemb_fractional,
+                                  max_grid=c.posemb_max_grid, name=name)
+  if c.posemb is SinCos2DPosEmb:
+    return SinCos2DPosEmb(width=c.width, max_grid=c.posemb_max_grid, name=name)
   return c.posemb(width=c.width, name=name)
 
 
@@ -403,9 +416,65 @@ class ViT(nn.Module):
     out["pre_logits"] = pooled
     return pooled, out
 
+  def encode_packed(self, patches, image_ids, ys, xs, grid_sizes, *, train: bool = False
+                    ) -> Tuple[Any, dict]:
+    """Packed sequences (NaViT) -> ``(one vector per image slot [B, K, D], out)``.
+
+    Args:
+      patches: float ``[B, L, p*p*3]``, pixels in ``palix.layers.patch.patchify``'s order.
+      image_ids: int ``[B, L]``: 0 for padding, ``k`` in ``1..K`` for the image in slot ``k-1``.
+      ys, xs: int ``[B, L]``: each token's patch coordinates in its own image.
+      grid_sizes: int ``[B, K, 2]``: each slot's patch grid ``(gh, gw)`` (what fractional
+        position embeddings divide by; 0 for an empty slot).
+      train: dropout.
+
+    Tokens attend only to tokens of their own image (``image_ids`` are the segment ids of the
+    attention mask); the pooling head pools each slot's tokens. With ``NoPool`` the output is
+    every token ``[B, L, D]``. An empty slot pools to zeros. ``out`` holds ``stem``,
+    ``with_posemb``, the blocks, ``encoded`` and ``pre_logits`` as for ``__call__``.
+    """
+    c = self.cfg
+    b, length = image_ids.shape
+    p2c = c.patch_size * c.patch_size * 3
+    if patches.shape != (b, length, p2c):
+      raise ValueError(f"packed patches have shape {tuple(patches.shape)}; expected "
+                       f"[batch, length, patch_size^2 * 3] = [{b}, {length}, {p2c}] (the shape "
+                       "of image_ids plus the pixels of one patch)")
+    if ys.shape != (b, length) or xs.shape != (b, length):
+      raise ValueError(f"ys and xs have shapes {tuple(ys.shape)} and {tuple(xs.shape)}; expected "
+                       f"[{b}, {length}] like image_ids")
+    if grid_sizes.ndim != 3 or grid_sizes.shape[0] != b or grid_sizes.shape[2] != 2:
+      raise ValueError(f"grid_sizes has shape {tuple(grid_sizes.shape)}; expected "
+                       f"[{b}, num_image_slots, 2]")
+    if c.class_token:
+      raise ValueError("ViTConfig.class_token is not supported for packed sequences (one class "
+                       "token per image would need its own slot in every row)")
+    out = {}
+    x = self.embedding.embed_patches(patches.astype(c.compute_dtype))
+    out["stem"] = x
+    slots = grid_sizes.shape[1]
+    slot = jnp.clip(image_ids - 1, 0, slots - 1)
+    grid_h = jnp.take_along_axis(grid_sizes[..., 0], slot, axis=1)
+    grid_w = jnp.take_along_axis(grid_sizes[..., 1], slot, axis=1)
+    x = x + self.posemb(ys, xs, (grid_h, grid_w)).astype(x.dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    out["with_posemb"] = x
+    x = self.dropout(x, deterministic=not train)
+    x, blocks = self.encoder(x, image_ids, deterministic=not train)
+    out.update(blocks)
+    out["encoded"] = x
+    if c.pool is NoPool:
+      pooled = x
+    else:
+      assignment = image_ids[:, None, :] == jnp.arange(1, slots + 1)[None, :, None]
+      pooled = self.head(x, assignment, deterministic=not train)
+    out["pre_logits"] = pooled
+    return pooled, out
+
 
 for _cls in (SequentialBlock, ParallelBlock, ConvPatchEmbed, DualPatchNormEmbed, LearnedPosEmb,
-             SinCos2DPosEmb, FactorizedPosEmb, NoPool, GlobalAveragePool, MAPHead, Mlp):
+             SinCos2DPosEmb, FactorizedPosEmb, SinCosFactorizedPosEmb, NoPool, GlobalAveragePool,
+             MAPHead, Mlp):
   gin.constant(f"vit.{_cls.__name__}", _cls)
 
 
