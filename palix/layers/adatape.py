@@ -284,14 +284,18 @@ class AdaTape(nn.Module):
     return x, jnp.concatenate([segment_ids, tape_ids.astype(segment_ids.dtype)], axis=1), read
 
 
-def ponder_loss_and_metrics(out, config: AdaTapeConfig):
+def ponder_loss_and_metrics(out, config: AdaTapeConfig, weights=None):
   """``(weighted mean ponder cost, metrics)`` for a model's ``loss_fn``, from the encoder's
   ``out`` (``tape_tokens_used``, ``ponder_cost``): the loss term, and the tape tokens used per
-  example (mean, min, max over the batch) for the trainer to log."""
-  ponder = jnp.mean(out["ponder_cost"])
+  example (mean, min, max over the batch) for the trainer to log. ``weights [B]`` (e.g. an image
+  mask) leave padding rows out."""
   used = out["tape_tokens_used"].astype(jnp.float32)
-  metrics = {"ponder_cost": ponder, "tape_tokens_mean": jnp.mean(used),
-             "tape_tokens_min": jnp.min(used), "tape_tokens_max": jnp.max(used)}
+  real = jnp.ones_like(used) if weights is None else jnp.asarray(weights, jnp.float32)
+  count = jnp.maximum(real.sum(), 1.0)
+  ponder = jnp.sum(out["ponder_cost"] * real) / count
+  metrics = {"ponder_cost": ponder, "tape_tokens_mean": jnp.sum(used * real) / count,
+             "tape_tokens_min": jnp.min(jnp.where(real > 0, used, jnp.inf)),
+             "tape_tokens_max": jnp.max(jnp.where(real > 0, used, -jnp.inf))}
   return config.ponder_loss_weight * ponder, metrics
 
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from palix.layers import initializers as inits
+from palix.layers.adatape import ponder_loss_and_metrics
 from palix.models import base
 from palix.models import losses
 from palix.models.vit import GlobalAveragePool, MAPHead, ViT, ViTConfig
@@ -94,8 +95,12 @@ class ImageClassifier(nn.Module):
         bias_init=nn.with_logical_partitioning(inits.zeros, ("vocab",)), name="head")
 
   def __call__(self, images, *, train: bool = False):
-    pooled, _ = self.vit(images, train=train)
-    return self.head(pooled.astype(jnp.float32))
+    return self.logits_and_out(images, train=train)[0]
+
+  def logits_and_out(self, images, *, train: bool = False):
+    """Logits and the ViT's ``out`` (an AdaTape ViT's tape tokens used and ponder cost in it)."""
+    pooled, out = self.vit(images, train=train)
+    return self.head(pooled.astype(jnp.float32)), out
 
   def packed(self, patches, image_ids, ys, xs, grid_sizes, *, train: bool = False):
     """Packed rows -> logits ``[B, K, num_classes]`` (one row of logits per image slot)."""
@@ -211,10 +216,25 @@ class ClassifierModel(base.BaseModel):
 
   # --- training -----------------------------------------------------------------------------
   def loss_fn(self, params, batch, rng):
-    """Mean softmax cross-entropy over the real images; ``rng=None`` disables dropout."""
+    """Mean softmax cross-entropy over the real images; ``rng=None`` disables dropout. With an
+    AdaTape ViT the weighted ponder cost joins the loss and the tape tokens used the metrics."""
     labels, weights = self._labels_and_weights(batch)
+    if self.config.vit.adatape is not None:
+      return self._tape_loss_fn(params, batch, rng, labels, weights)
     logits = self._logits(params, batch, rng)
     return self.loss_and_metrics(logits, labels, weights)
+
+  def _tape_loss_fn(self, params, batch, rng, labels, weights):
+    if self.is_packed(batch):
+      raise ValueError("ViTConfig.adatape does not support packed batches (one tape per row)")
+    rngs = {"dropout": rng} if rng is not None else None
+    logits, out = self.module.apply(
+        {"params": params}, self.single_images(batch["images"]), train=rng is not None,
+        rngs=rngs, method=ImageClassifier.logits_and_out)
+    loss, metrics = self.loss_and_metrics(logits, labels, weights)
+    ponder, tape_metrics = ponder_loss_and_metrics(out, self.config.vit.adatape, weights)
+    return loss + ponder, {**metrics, **tape_metrics, "cross_entropy": loss,
+                           "loss": loss + ponder}
 
   def loss_and_metrics(self, logits, labels, weights):
     """Loss and metrics of logits ``[..., C]`` against ``labels [...]`` weighted by ``weights``."""

@@ -446,6 +446,9 @@ class ViT(nn.Module):
     if grid_sizes.ndim != 3 or grid_sizes.shape[0] != b or grid_sizes.shape[2] != 2:
       raise ValueError(f"grid_sizes has shape {tuple(grid_sizes.shape)}; expected "
                        f"[{b}, num_image_slots, 2]")
+    if c.adatape is not None:
+      raise ValueError("ViTConfig.adatape is not supported for packed sequences (the tape is "
+                       "one per row, not one per image)")
     if c.class_token:
       raise ValueError("ViTConfig.class_token is not supported for packed sequences (one class "
                        "token per image would need its own slot in every row)")

@@ -145,6 +145,12 @@ def test_ponder_cost_hand_computed():
   assert {k: float(v) for k, v in metrics.items()} == pytest.approx(
       {"ponder_cost": 0.625, "tape_tokens_mean": 1.5, "tape_tokens_min": 1.0,
        "tape_tokens_max": 2.0})
+  # A padding row (weight 0) counts nowhere.
+  loss, metrics = adatape.ponder_loss_and_metrics(
+      {"ponder_cost": jnp.array([0.375, 0.875, 9.0]), "tape_tokens_used": jnp.array([1, 2, 7])},
+      c, weights=jnp.array([1, 1, 0]))
+  assert float(loss) == pytest.approx(0.01 * 0.625)
+  assert float(metrics["tape_tokens_max"]) == 2.0 and float(metrics["tape_tokens_mean"]) == 1.5
 
 
 # ---- banks and the module ------------------------------------------------------------------
