@@ -1,4 +1,5 @@
-"""Jit-compiled decoding over a ``tokens_to_logits(cache, tokens, step)`` model step (no TF).
+"""Decoding over a ``tokens_to_logits(cache, tokens, step)`` model step (no TF); pure functions
+that the caller jits (t5x's shape), except the streaming iterator's own jitted step.
 
 * :func:`greedy`, :func:`temperature_sample` (temperature, top-k then top-p)
   -> :class:`DecodeResult`
@@ -10,12 +11,11 @@ See docs/decoding.md.
 
 from palix.decoding.beam_search import BeamSearchResult, beam_search
 from palix.decoding.length_penalty import gnmt_length_penalty, power_length_penalty
-from palix.decoding.sampling import DecodeResult, greedy, temperature_sample
+from palix.decoding.sampling import DecodeResult, decode_length, greedy, temperature_sample
 from palix.decoding.streaming import stream_greedy, stream_sample
-from palix.decoding.traced_callable import as_traced_callable
 
 __all__ = [
-    "BeamSearchResult", "DecodeResult", "as_traced_callable", "beam_search",
+    "BeamSearchResult", "DecodeResult", "beam_search", "decode_length",
     "gnmt_length_penalty", "greedy", "power_length_penalty", "stream_greedy", "stream_sample",
     "temperature_sample",
 ]

@@ -21,7 +21,10 @@ Algorithm (per example, ``K = beam_size``; everything is vectorised over the bat
 With ``early_stopping=True`` (the default) this is the fairseq / Hugging Face
 ``generate(early_stopping=True)`` procedure, and ``beam_size=1`` is exactly greedy decoding. With
 ``early_stopping=False`` it is the exact-bound variant (t5x's stopping rule, Hugging Face's
-``early_stopping="never"``); there ``beam_size=1`` equals greedy only for ``alpha=0``.
+``early_stopping="never"``); there ``beam_size=1`` equals greedy only for ``alpha=0``. Before step
+``min_new_tokens`` no candidate may end with EOS (Hugging Face's ``min_new_tokens``).
+
+A pure function, like ``palix.decoding.sampling``'s decoders: the caller jits it.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -32,8 +35,8 @@ import numpy as np
 
 from palix.decoding import cache_utils
 from palix.decoding.length_penalty import gnmt_length_penalty
-from palix.decoding.sampling import call_model, check_decode_args
-from palix.decoding.traced_callable import as_traced_callable
+from palix.decoding import token_selection
+from palix.decoding.sampling import call_model, check_decode_args, decode_length
 
 Array = Any
 
@@ -90,14 +93,17 @@ def _initial_state(cache, batch_size, beam_size, max_decode_len):
 
 
 def _beam_step(tokens_to_logits, state: _BeamState, *, batch_size, beam_size, max_decode_len,
-               alpha, eos_id, bos_id, length_penalty, early_stopping) -> _BeamState:
+               alpha, eos_id, bos_id, length_penalty, early_stopping,
+               min_new_tokens) -> _BeamState:
   b, k, t = batch_size, beam_size, state.step
   previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, jnp.maximum(t - 1, 0), axis=2,
                                           keepdims=False)
   last = jnp.where(t == 0, bos_id, previous)
   logits, cache = call_model(tokens_to_logits, state.cache, last.reshape(b * k, 1), t, b * k)
   vocab = logits.shape[-1]
-  logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, k * vocab)
+  # Raw log-probabilities (not renormalised without EOS, as in Hugging Face's beam search).
+  logp = token_selection.forbid_eos_before(jax.nn.log_softmax(logits, axis=-1), t, eos_id,
+                                           min_new_tokens).reshape(b, k * vocab)
 
   # The 2K best one-token extensions of the alive hypotheses.
   num_candidates = min(2 * k, k * vocab)
@@ -159,15 +165,11 @@ def _beam_loop(tokens_to_logits, cache, *, batch_size, beam_size, max_decode_len
       all_lengths=state.finished_lengths, all_scores=state.finished_scores)
 
 
-_beam_loop_jit = jax.jit(
-    _beam_loop, static_argnames=("batch_size", "beam_size", "max_decode_len", "eos_id", "bos_id",
-                                 "length_penalty", "early_stopping"))
-
-
 def beam_search(tokens_to_logits: Callable, cache, *, batch_size: int, beam_size: int,
-                max_decode_len: int, alpha: float = 0.6, eos_id: int = 1, bos_id: int = 0,
-                length_penalty: Callable = gnmt_length_penalty, early_stopping: bool = True,
-                rng: Optional[Array] = None) -> BeamSearchResult:
+                max_decode_len: Optional[int] = None, alpha: float = 0.6, eos_id: int = 1,
+                bos_id: int = 0, length_penalty: Callable = gnmt_length_penalty,
+                early_stopping: bool = True, rng: Optional[Array] = None, min_new_tokens=0,
+                max_new_tokens: Optional[int] = None) -> BeamSearchResult:
   """Beam search over ``tokens_to_logits`` (see the module docstring for the exact procedure).
 
   Args:
@@ -175,28 +177,29 @@ def beam_search(tokens_to_logits: Callable, cache, *, batch_size: int, beam_size
       called with ``N = batch_size * beam_size``.
     cache: pytree, every leaf ``[batch_size, ...]``; repeated ``beam_size`` times internally and
       gathered along axis 0 by beam at every step.
-    batch_size, beam_size, max_decode_len: static sizes.
-    alpha: length-penalty exponent (0 disables the penalty); traced, so sweeping it does not
-      recompile.
+    batch_size, beam_size, max_decode_len: static sizes (alias of ``max_decode_len``:
+      ``max_new_tokens``).
+    alpha: length-penalty exponent (0 disables the penalty); may be traced.
     eos_id, bos_id: end token; token fed at step 0.
     length_penalty: ``(length, alpha) -> penalty``; ``gnmt_length_penalty`` (t5x) or
       ``power_length_penalty`` (Hugging Face).
     early_stopping: close an example as soon as it has ``beam_size`` finished hypotheses (True),
       or only when no alive hypothesis can still beat them (False, exact).
     rng: accepted for a uniform decode-function signature; unused.
+    min_new_tokens: no hypothesis ends with EOS before this many tokens; may be traced.
 
   Returns:
     A :class:`BeamSearchResult`, best hypothesis first.
   """
   del rng
-  check_decode_args(cache, batch_size, max_decode_len)
+  max_decode_len = decode_length(max_decode_len, max_new_tokens)
+  check_decode_args(cache, batch_size, max_decode_len, min_new_tokens)
   if not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
     raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
   if isinstance(alpha, (int, float)) and not np.isfinite(alpha):
     raise ValueError(f"alpha must be finite, got {alpha!r}")
-  return _beam_loop_jit(
-      as_traced_callable(tokens_to_logits), cache, batch_size=int(batch_size),
-      beam_size=int(beam_size), max_decode_len=int(max_decode_len),
-      alpha=jnp.asarray(alpha, jnp.float32),
+  return _beam_loop(
+      tokens_to_logits, cache, batch_size=int(batch_size), beam_size=int(beam_size),
+      max_decode_len=int(max_decode_len), alpha=jnp.asarray(alpha, jnp.float32),
       eos_id=int(eos_id), bos_id=int(bos_id), length_penalty=length_penalty,
-      early_stopping=bool(early_stopping))
+      early_stopping=bool(early_stopping), min_new_tokens=min_new_tokens)

@@ -39,6 +39,15 @@ def _top_k_top_p_candidates(logits: Array, top_k: int, top_p: float):
   return values, ids
 
 
+def forbid_eos_before(logits: Array, step, eos_id: int, min_new_tokens) -> Array:
+  """``logits`` with EOS at -inf while ``step < min_new_tokens`` (Hugging Face's
+  ``MinNewTokensLengthLogitsProcessor``); unchanged, and no extra op, for ``min_new_tokens=0``."""
+  if isinstance(min_new_tokens, int) and min_new_tokens == 0:
+    return logits
+  is_eos = jnp.arange(logits.shape[-1]) == eos_id
+  return jnp.where(is_eos & (step < min_new_tokens), -jnp.inf, logits)
+
+
 def select_tokens(logits: Array, *, rng=None, temperature=1.0, top_k: int = 0,
                   top_p: float = 1.0, greedy: bool = False) -> Array:
   """Next tokens ``[B]`` int32 from ``logits [B, V]`` (float32).

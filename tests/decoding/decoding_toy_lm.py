@@ -11,7 +11,6 @@ numpy, independently of the cache, for brute-force enumeration and reference bea
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +42,8 @@ class ToyModel:
             "history": jnp.full((len(examples), self.max_len), -1, jnp.int32)}
 
   def tokens_to_logits(self):
-    """A ``functools.partial`` over the parameters, as the T5 model provides it."""
-    return functools.partial(toy_step, self.params, self.repeat_penalty)
+    """The step over the parameters, a ``jax.tree_util.Partial`` (a pytree: jit traces them)."""
+    return jax.tree_util.Partial(toy_step, self.params, self.repeat_penalty)
 
   def reference_logprobs(self, example, prefix):
     """numpy log p(next | BOS + prefix) for one example, recomputed from scratch."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from palix import decoding
+from jitted import decode
 from palix.decoding import gnmt_length_penalty, power_length_penalty
 from decoding_toy_lm import EOS, make_toy
 
@@ -19,7 +20,8 @@ def all_sequences(vocab, max_len, eos=EOS):
   yield from itertools.product(others, repeat=max_len)
 
 
-def reference_beam_search(toy, example, beam_size, max_len, alpha, penalty, early_stopping):
+def reference_beam_search(toy, example, beam_size, max_len, alpha, penalty, early_stopping,
+                          min_new_tokens=0):
   """The documented procedure (palix/decoding/beam_search.py), one example, Python lists."""
   k = beam_size
   alive = [((), 0.0)]
@@ -28,7 +30,8 @@ def reference_beam_search(toy, example, beam_size, max_len, alpha, penalty, earl
     candidates = []
     for tokens, total in alive:
       logp = toy.reference_logprobs(example, list(tokens))
-      candidates += [(total + logp[v], tokens + (v,)) for v in range(toy.vocab)]
+      candidates += [(total + logp[v], tokens + (v,)) for v in range(toy.vocab)
+                     if v != EOS or t >= min_new_tokens]
     candidates = sorted(candidates, key=lambda c: -c[0])[:2 * k]
     alive = []
     for rank, (total, tokens) in enumerate(candidates):
@@ -48,8 +51,8 @@ def reference_beam_search(toy, example, beam_size, max_len, alpha, penalty, earl
 
 
 def run_beam(toy, examples, max_len, **kwargs):
-  return decoding.beam_search(toy.tokens_to_logits(), toy.cache(examples),
-                              batch_size=len(examples), max_decode_len=max_len, **kwargs)
+  return decode(decoding.beam_search, toy.tokens_to_logits(), toy.cache(examples),
+                batch_size=len(examples), max_decode_len=max_len, **kwargs)
 
 
 def as_rows(result, b):
@@ -112,6 +115,25 @@ def test_matches_reference_beam_search(pruning_toy, beam_size, alpha, penalty, e
       assert np.all(lps[len(seq):] == 0) and np.all(result.all_tokens[b, k, len(seq):] == 0)
 
 
+def test_min_new_tokens_matches_reference_beam_search(pruning_toy):
+  examples, minimum = [0, 1, 2, 3], 4
+  result = run_beam(pruning_toy, examples, 6, beam_size=3, alpha=0.6,
+                    length_penalty=gnmt_length_penalty, early_stopping=True,
+                    min_new_tokens=minimum)
+  changed = False
+  for b, example in enumerate(examples):
+    expected = reference_beam_search(pruning_toy, example, 3, 6, 0.6, gnmt_length_penalty, True,
+                                     min_new_tokens=minimum)
+    got = as_rows(result, b)
+    assert [seq for _, seq in got] == [seq for _, seq in expected], (b, got, expected)
+    np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], rtol=1e-5)
+    assert all(len(seq) >= minimum for _, seq in got)
+    unconstrained = reference_beam_search(pruning_toy, example, 3, 6, 0.6, gnmt_length_penalty,
+                                          True)
+    changed |= [seq for _, seq in unconstrained] != [seq for _, seq in expected]
+  assert changed  # the constraint matters on this toy
+
+
 def test_reference_cases_are_discriminating(pruning_toy):
   """The stopping rule and beam width change the answer on this toy, so the cases test them."""
   def beams(k, alpha, penalty, early):
@@ -128,8 +150,8 @@ def test_beam_size_one_is_greedy(pruning_toy, alpha, early_stopping):
   examples = [0, 1, 2, 3]
   beam = run_beam(pruning_toy, examples, 6, beam_size=1, alpha=alpha,
                   early_stopping=early_stopping)
-  greedy = decoding.greedy(pruning_toy.tokens_to_logits(), pruning_toy.cache(examples),
-                           batch_size=4, max_decode_len=6)
+  greedy = decode(decoding.greedy, pruning_toy.tokens_to_logits(), pruning_toy.cache(examples),
+                  batch_size=4, max_decode_len=6)
   np.testing.assert_array_equal(beam.tokens, greedy.tokens)
   np.testing.assert_allclose(beam.logprobs, greedy.logprobs, rtol=1e-6)
   np.testing.assert_array_equal(beam.lengths, greedy.lengths)

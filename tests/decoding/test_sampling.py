@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 
 from palix import decoding
+from jitted import decode
 from decoding_toy_lm import EOS, make_toy
 
 EXAMPLES = [0, 1, 2, 3]
 
 
-def reference_greedy(toy, example, max_len, eos=EOS):
+def reference_greedy(toy, example, max_len, eos=EOS, min_new_tokens=0):
   tokens = []
-  for _ in range(max_len):
-    tokens.append(int(np.argmax(toy.reference_logprobs(example, tokens))))
+  for step in range(max_len):
+    logprobs = toy.reference_logprobs(example, tokens)
+    if step < min_new_tokens:
+      logprobs[eos] = -np.inf
+    tokens.append(int(np.argmax(logprobs)))
     if tokens[-1] == eos:
       break
   return tokens
@@ -29,8 +33,8 @@ def padded(rows, length):
 
 def run(toy, examples=EXAMPLES, **kwargs):
   kwargs.setdefault("max_decode_len", toy.max_len)
-  return decoding.temperature_sample(toy.tokens_to_logits(), toy.cache(examples),
-                                     batch_size=len(examples), **kwargs)
+  return decode(decoding.temperature_sample, toy.tokens_to_logits(), toy.cache(examples),
+                batch_size=len(examples), **kwargs)
 
 
 def check_eos_layout(result, max_len, eos=EOS):
@@ -53,12 +57,34 @@ def check_logprobs(toy, examples, result):
 
 def test_greedy_equals_stepwise_argmax():
   toy = make_toy(seed=1, vocab=7, max_len=6)
-  result = decoding.greedy(toy.tokens_to_logits(), toy.cache(EXAMPLES), batch_size=4,
-                           max_decode_len=6)
+  result = decode(decoding.greedy, toy.tokens_to_logits(), toy.cache(EXAMPLES), batch_size=4,
+                  max_decode_len=6)
   expected = padded([reference_greedy(toy, ex, 6) for ex in EXAMPLES], 6)
   np.testing.assert_array_equal(result.tokens, expected)
   check_eos_layout(result, 6)
   check_logprobs(toy, EXAMPLES, result)
+
+
+def test_min_new_tokens_forbids_eos_before_it(toy):
+  """Hugging Face's ``min_new_tokens``: EOS cannot be chosen earlier; logprobs stay the raw
+  model's. ``max_new_tokens`` is ``max_decode_len``'s alias."""
+  plain = run(toy, greedy=True)
+  first_eos = int(np.min(plain.lengths))
+  assert first_eos < toy.max_len  # a row ends early without the constraint
+  for minimum in (first_eos + 1, toy.max_len):
+    result = decode(decoding.greedy, toy.tokens_to_logits(), toy.cache(EXAMPLES), batch_size=4,
+                    max_new_tokens=toy.max_len, min_new_tokens=minimum)
+    expected = [reference_greedy(toy, ex, toy.max_len, min_new_tokens=minimum) for ex in EXAMPLES]
+    np.testing.assert_array_equal(result.tokens, padded(expected, toy.max_len))
+    assert int(np.min(result.lengths)) >= minimum
+    check_eos_layout(result, toy.max_len)
+    check_logprobs(toy, EXAMPLES, result)
+  with pytest.raises(ValueError, match="same setting"):
+    decoding.greedy(toy.tokens_to_logits(), toy.cache(EXAMPLES), batch_size=4, max_decode_len=3,
+                    max_new_tokens=4)
+  with pytest.raises(ValueError, match="min_new_tokens"):
+    decoding.greedy(toy.tokens_to_logits(), toy.cache(EXAMPLES), batch_size=4, max_decode_len=3,
+                    min_new_tokens=-1)
 
 
 def test_greedy_without_eos_runs_full_length(toy):
@@ -138,13 +164,13 @@ def test_batch_invariance_greedy_and_rows_independent(toy):
     np.testing.assert_allclose(alone.logprobs[0], batched.logprobs[i], rtol=1e-6)
 
 
-def test_works_under_an_outer_jit(toy):
+def test_works_under_an_outer_jit_with_a_closure(toy):
   @jax.jit
-  def decode(params, cache):
+  def decode_inside(params, cache):
     fn = lambda c, t, s: toy.tokens_to_logits().func(params, toy.repeat_penalty, c, t, s)
     return decoding.greedy(fn, cache, batch_size=4, max_decode_len=toy.max_len)
 
-  inside = decode(toy.params, toy.cache(EXAMPLES))
+  inside = decode_inside(toy.params, toy.cache(EXAMPLES))
   np.testing.assert_array_equal(inside.tokens, run(toy, greedy=True).tokens)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from palix import decoding
+from jitted import decode
 from palix.interop import hf_t5
 from palix.models.t5 import T5EncoderDecoder
 
@@ -52,6 +53,8 @@ class T5Fixture:
     self.module = T5EncoderDecoder(self.config)
     self._encode = jax.jit(lambda p, t: self.module.apply(
         {"params": p}, t, method=lambda m, t: m.encode(m.embed(t), t > 0)))
+    # One step function object: the jit caches of the decoders key on it.
+    self._decode_step = functools.partial(self.module.apply, method=T5EncoderDecoder.decode_step)
     self._init_cache = jax.jit(lambda p, e, m, n: self.module.apply(
         {"params": p}, e, m, n, method=T5EncoderDecoder.init_decode_cache), static_argnums=3)
 
@@ -60,9 +63,7 @@ class T5Fixture:
 
   def decoder_state(self, tokens, max_len=MAX_LEN):
     cache = self._init_cache(self.params, self.encode(tokens), tokens > 0, max_len)
-    step = functools.partial(self.module.apply, {"params": self.params},
-                             method=T5EncoderDecoder.decode_step)
-    return step, cache
+    return jax.tree_util.Partial(self._decode_step, {"params": self.params}), cache
 
   def hf_generate(self, tokens, **kwargs):
     with torch.no_grad():
@@ -79,7 +80,7 @@ def t5():
 @pytest.fixture(scope="module")
 def greedy_result(t5):
   step, cache = t5.decoder_state(pad(PROMPTS))
-  return decoding.greedy(step, cache, batch_size=len(PROMPTS), max_decode_len=MAX_LEN)
+  return decode(decoding.greedy, step, cache, batch_size=len(PROMPTS), max_decode_len=MAX_LEN)
 
 
 def hf_tokens(sequences):
@@ -131,9 +132,9 @@ def test_beam_search_equals_hf_generate(t5, beam_size, alpha, early_stopping):
   """Same procedure as HF when the penalty is HF's ``length ** alpha``."""
   enc = pad(PROMPTS)
   step, cache = t5.decoder_state(enc)
-  ours = decoding.beam_search(step, cache, batch_size=len(PROMPTS), beam_size=beam_size,
-                              max_decode_len=MAX_LEN, alpha=alpha, early_stopping=early_stopping,
-                              length_penalty=decoding.power_length_penalty)
+  ours = decode(decoding.beam_search, step, cache, batch_size=len(PROMPTS), beam_size=beam_size,
+                max_decode_len=MAX_LEN, alpha=alpha, early_stopping=early_stopping,
+                length_penalty=decoding.power_length_penalty)
   hf = t5.hf_generate(enc, num_beams=beam_size, num_return_sequences=beam_size,
                       length_penalty=alpha, early_stopping=True if early_stopping else "never",
                       output_scores=True, return_dict_in_generate=True)
@@ -146,6 +147,30 @@ def test_beam_search_equals_hf_generate(t5, beam_size, alpha, early_stopping):
   assert lengths.min() < MAX_LEN  # some hypotheses ended with EOS
 
 
+def test_min_new_tokens_equals_hf_generate(t5, greedy_result):
+  """``min_new_tokens`` (and the ``max_new_tokens`` alias) as Hugging Face's ``generate``, greedy
+  and beam search: EOS is forbidden before it, other tokens keep their log-probabilities."""
+  enc = pad(PROMPTS)
+  minimum = int(np.min(greedy_result.lengths)) + 2  # a row that ended earlier must go on
+  assert minimum < MAX_LEN
+  step, cache = t5.decoder_state(enc)
+  greedy = decode(decoding.greedy, step, cache, batch_size=len(PROMPTS), max_new_tokens=MAX_LEN,
+                  min_new_tokens=minimum)
+  hf = t5.hf_generate(enc, num_beams=1, min_new_tokens=minimum)
+  np.testing.assert_array_equal(greedy.tokens, hf_tokens(hf))
+  assert int(np.min(greedy.lengths)) >= minimum
+  beam = decode(decoding.beam_search, step, cache, batch_size=len(PROMPTS),
+                max_new_tokens=MAX_LEN, min_new_tokens=minimum, **BEAM)
+  hf = t5.hf_generate(enc, num_beams=3, num_return_sequences=3, length_penalty=1.0,
+                      early_stopping=True, min_new_tokens=minimum, output_scores=True,
+                      return_dict_in_generate=True)
+  n = len(PROMPTS) * 3
+  np.testing.assert_array_equal(np.asarray(beam.all_tokens).reshape(n, MAX_LEN),
+                                hf_tokens(hf.sequences))
+  np.testing.assert_allclose(np.asarray(beam.all_scores).reshape(n),
+                             hf.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
+
+
 BEAM = dict(beam_size=3, alpha=1.0, early_stopping=True,
             length_penalty=decoding.power_length_penalty)  # shares the compile of the HF case
 
@@ -153,20 +178,20 @@ BEAM = dict(beam_size=3, alpha=1.0, early_stopping=True,
 def test_batch_invariance_with_mixed_prompt_lengths(t5, greedy_result):
   """A row's output depends on neither the other rows, nor its position, nor its padding."""
   step, cache = t5.decoder_state(pad(PROMPTS))
-  beams = decoding.beam_search(step, cache, batch_size=len(PROMPTS), max_decode_len=MAX_LEN,
-                               **BEAM)
+  beams = decode(decoding.beam_search, step, cache, batch_size=len(PROMPTS),
+                 max_decode_len=MAX_LEN, **BEAM)
   # Same shapes, other companions: reversed order, then prompt 1 among unrelated prompts.
   others = [[4, 4, 4, 4, 4, 4, 4, 4], [63], [2, 9]]
   for batch, rows in [(PROMPTS[::-1], [3, 2, 1, 0]), ([PROMPTS[1]] + others, [1])]:
     step, cache = t5.decoder_state(pad(batch, length=len(PROMPTS[0])))
-    greedy = decoding.greedy(step, cache, batch_size=4, max_decode_len=MAX_LEN)
-    beam = decoding.beam_search(step, cache, batch_size=4, max_decode_len=MAX_LEN, **BEAM)
+    greedy = decode(decoding.greedy, step, cache, batch_size=4, max_decode_len=MAX_LEN)
+    beam = decode(decoding.beam_search, step, cache, batch_size=4, max_decode_len=MAX_LEN, **BEAM)
     for position, row in enumerate(rows):
       np.testing.assert_array_equal(greedy.tokens[position], greedy_result.tokens[row])
       np.testing.assert_array_equal(beam.all_tokens[position], beams.all_tokens[row])
   # Alone in a batch of one and without its padding (3 tokens instead of 8).
   step, cache = t5.decoder_state(pad([PROMPTS[1]]))
-  alone = decoding.greedy(step, cache, batch_size=1, max_decode_len=MAX_LEN)
+  alone = decode(decoding.greedy, step, cache, batch_size=1, max_decode_len=MAX_LEN)
   np.testing.assert_array_equal(alone.tokens[0], greedy_result.tokens[1])
   np.testing.assert_allclose(alone.logprobs[0], greedy_result.logprobs[1], rtol=1e-4, atol=1e-5)
 
@@ -183,9 +208,9 @@ def test_temperature_sample_logprobs_are_model_logprobs(t5):
   """Sampled tokens' logprobs are the unmodified model's, whatever the temperature."""
   enc = pad(PROMPTS)
   step, cache = t5.decoder_state(enc)
-  out = decoding.temperature_sample(step, cache, batch_size=len(PROMPTS), max_decode_len=MAX_LEN,
-                                    rng=jax.random.PRNGKey(0), temperature=1.7, top_k=20,
-                                    top_p=0.95)
+  out = decode(decoding.temperature_sample, step, cache, batch_size=len(PROMPTS),
+               max_decode_len=MAX_LEN, rng=jax.random.PRNGKey(0), temperature=1.7, top_k=20,
+               top_p=0.95)
   inputs = np.concatenate([np.zeros((len(PROMPTS), 1), np.int32),
                            np.asarray(out.tokens)[:, :-1]], axis=1)
   logits = t5.module.apply({"params": t5.params}, t5.encode(enc), enc > 0, jnp.asarray(inputs),
