@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from palix.eval import zero_shot
 from palix.eval.metrics.detection import coco_detection_map
 from palix.eval.metrics.detection_parsing import parse_scored_detections
 
@@ -93,5 +94,5 @@ class ZeroShotClassification:
     if table.shape != (len(targets), len(self.class_texts)):
       raise ValueError(f"class scores have shape {table.shape}; expected "
                        f"({len(targets)}, {len(self.class_texts)})")
-    correct = np.argmax(table, axis=1) == self.labels(targets)
-    return {self.metric_name: float(np.mean(correct))}
+    decided = zero_shot.decide(table, self.class_texts, self.labels(targets))
+    return {self.metric_name: decided.accuracy}

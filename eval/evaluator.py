@@ -3,12 +3,13 @@
 For each task of ``mixture_or_task_name`` (a mixture is evaluated task by task; rates do not
 apply), the first ``max_examples`` examples of ``split`` are decoded in batches with the model's
 ``predict_batch_with_aux``, detokenized with the task's SentencePiece model, postprocessed and
-scored by the metric functions the task declares (seqio ``metric_fns``; see
-``palix/tasks/task_metrics.py`` for the built-ins). Outputs in ``output_dir``:
+scored by the metric functions the task declares (seqio ``metric_fns``; the built-ins declare
+theirs in ``BUILTIN_TASKS``, ``tasks/registry.py``). Outputs in ``output_dir``:
 
 * ``metrics.json`` / ``metrics.md``: ``{task: {metric: value, ..., num_examples}}``;
 * ``report.html`` with ``images/``: the first ``num_report_samples`` examples of every task;
-* ``predictions/<task>.jsonl``: every example's prompt, prediction, target and score.
+* ``predictions/<task>.jsonl``: every example's prompt, prediction, target, score and
+  ``truncated`` (the answer filled the decoding length without EOS; also logged as a warning).
 
 Nothing here imports TensorFlow; the data layer (``palix.tasks.eval_examples``) is imported when
 an evaluation starts. Runs in one process (all its local devices, data parallel).
@@ -25,11 +26,13 @@ import jax
 import numpy as np
 
 from palix import partitioning
+from palix import tokenizer as tokenizer_lib
 from palix.eval import report_samples
 from palix.eval import seqio_metrics
 from palix.eval import task_predictions
-from palix.eval.detokenizer import get_detokenizer
 from palix.eval.report import ReportFiles, write_report
+from palix.models import base as model_base
+from palix.training import checkpoints  # gin-configurable: imported before gin locks its config
 
 DEFAULT_OUTPUT_ROOT = "palix_eval"
 
@@ -107,15 +110,26 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
         keep_media=num_report_samples)
     total = task.num_examples if max_examples is None else min(task.num_examples, max_examples)
     predictions = task_predictions.predict_task(
-        model, params, batches, detokenizer=get_detokenizer(task.vocabulary_path),
+        model, params, batches, tokenizer=tokenizer_lib.get_tokenizer(task.vocabulary_path),
         partitioner=partitioner, layout=layout,
         target_length=geometry.feature_lengths["targets"],
         decode_kwargs=decode_kwargs, class_texts=seqio_metrics.class_texts_of(all_fns),
         score_targets=bool(task.score_metric_fns), keep_model_images=num_report_samples,
         rng_seed=rng_seed, total=total, description=task.name, progress=progress)
+    _warn_truncated(task.name, predictions, geometry.feature_lengths["targets"])
     results[task.name] = TaskResult(task, predictions,
                                     seqio_metrics.score_task(task, predictions))
   return results
+
+
+def _warn_truncated(task_name: str, predictions, length: int) -> None:
+  cut = [p for p in predictions if p.truncated]
+  if cut:
+    logging.warning("task %r: %d of %d answers filled the decoding length %d without EOS and may "
+                    "be cut short (first: %s); raise the task's 'targets' length "
+                    "(TASK_FEATURE_LENGTHS or FEATURE_LENGTHS_BY_TASK). Their predictions have "
+                    "truncated: true", task_name, len(cut), len(predictions), length,
+                    cut[0].example["record_id"])
 
 
 def _prediction_record(prediction: task_predictions.ExamplePrediction) -> Dict[str, Any]:
@@ -123,7 +137,7 @@ def _prediction_record(prediction: task_predictions.ExamplePrediction) -> Dict[s
   record = {"index": example["index"], "record_id": example["record_id"],
             "prompt": example["inputs"], "prediction": prediction.text,
             "target": example["targets"], "score": prediction.score,
-            "output_ids": prediction.output_ids}
+            "output_ids": prediction.output_ids, "truncated": prediction.truncated}
   for texts, scores in prediction.class_scores.items():
     record.setdefault("class_scores", []).append(
         {"best": texts[int(np.argmax(scores))], "scores": dict(zip(texts, scores.tolist()))})
@@ -161,17 +175,6 @@ def default_output_dir(mixture_or_task_name: str, split: str) -> str:
   return os.path.join(os.getcwd(), DEFAULT_OUTPUT_ROOT, f"{mixture_or_task_name}-{split}")
 
 
-def _input_geometry(batch_size, num_images, image_size, task_feature_lengths):
-  le, ld = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
-  shapes = {"images": (batch_size, num_images, image_size, image_size, 3),
-            "image_mask": (batch_size, num_images), "encoder_input_tokens": (batch_size, le),
-            "decoder_input_tokens": (batch_size, ld), "decoder_target_tokens": (batch_size, ld),
-            "decoder_loss_weights": (batch_size, ld)}
-  types = {k: np.float32 if k in ("images", "decoder_loss_weights") else np.int32
-           for k in shapes}
-  return shapes, types
-
-
 @gin.configurable
 def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
              mixture_or_task_name: str = gin.REQUIRED,
@@ -190,13 +193,16 @@ def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
   (``palix convert``). ``output_dir`` defaults to :func:`default_output_dir`. The other
   arguments are those of :func:`evaluate_tasks`.
   """
-  from palix.training import infer  # pylint: disable=g-import-not-at-top  # orbax
   if jax.process_count() > 1:
     raise ValueError(f"palix eval runs in one process (this job has {jax.process_count()}); "
                      "it gathers every prediction to score corpus-level metrics")
+  # Tasks decode up to their own 'targets' length, so only the prompt length must fit the model.
+  model.check_feature_lengths({"inputs": task_feature_lengths["inputs"]})
   partitioner = partitioner or partitioning.Partitioner()
-  shapes, types = _input_geometry(batch_size, num_images, image_size, task_feature_lengths)
-  params = infer.load_model_params(model, checkpoint_path, partitioner, shapes, types)
+  shapes = model_base.batch_shapes(batch_size, num_images=num_images, image_size=image_size,
+                                   feature_lengths=task_feature_lengths)
+  params = checkpoints.load_model_params(model, checkpoint_path, partitioner, shapes,
+                                         model_base.batch_dtypes())
   results = evaluate_tasks(
       model, params, mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
       batch_size=batch_size, num_images=num_images, image_size=image_size,

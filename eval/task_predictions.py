@@ -21,45 +21,40 @@ from tqdm import tqdm
 
 from palix import partitioning
 from palix.eval import zero_shot
-from palix.eval.detokenizer import Detokenizer, generated_ids
-
-_INPUT_KEYS = ("images", "image_mask", "encoder_input_tokens")
+from palix import tokenizer as tokenizer_lib
+from palix.models import base as model_base
 
 
 @dataclasses.dataclass
 class ExamplePrediction:
   """One evaluated example: its raw example dict and what the model made of it."""
   example: Dict[str, Any]
-  output_ids: List[int]  # generated ids before EOS
+  output_ids: List[int]  # generated ids before EOS (palix.tokenizer.answer_ids)
   logprobs: List[float]  # log-probability of each of output_ids
   text: str
   pieces: List[str]
   score: float  # sum of the generated tokens' log-probabilities, EOS included when emitted
+  truncated: bool  # the answer filled the decoding length without EOS: it may be cut short
   model_images: Optional[np.ndarray] = None  # the real images as the model saw them (report)
   class_scores: Dict[Tuple[str, ...], np.ndarray] = dataclasses.field(default_factory=dict)
   target_score: Optional[float] = None
-
-
-def _shifted_right(targets: np.ndarray) -> np.ndarray:
-  inputs = np.zeros_like(targets)
-  inputs[:, 1:] = targets[:, :-1]
-  return inputs
 
 
 class BatchScorer:
   """``score_batch`` on (batch row, text) pairs, padded to a fixed number of rows (one compile)."""
 
   def __init__(self, model, params, partitioner: partitioning.Partitioner,
-               layout: partitioning.DataLayout, detokenizer: Detokenizer, target_length: int):
+               layout: partitioning.DataLayout, tokenizer: tokenizer_lib.Tokenizer,
+               target_length: int):
     self._score = jax.jit(model.score_batch)
     self._params, self._partitioner, self._layout = params, partitioner, layout
-    self._detokenizer, self._target_length = detokenizer, target_length
+    self._tokenizer, self._target_length = tokenizer, target_length
     self._text_tokens: Dict[str, np.ndarray] = {}
     self.num_cut_texts = 0
 
   def _tokens(self, text: str) -> np.ndarray:
     if text not in self._text_tokens:
-      tokens, cut = self._detokenizer.target_tokens(text, self._target_length)
+      tokens, cut = self._tokenizer.target_tokens(text, self._target_length)
       self.num_cut_texts += int(cut)
       self._text_tokens[text] = tokens
     return self._text_tokens[text]
@@ -72,11 +67,11 @@ class BatchScorer:
     for start in range(0, len(rows), size):
       chunk = list(rows[start:start + size])
       take = np.array(chunk + [chunk[0]] * (size - len(chunk)))
-      scored = {k: np.asarray(batch[k])[take] for k in _INPUT_KEYS}
+      scored = {k: np.asarray(batch[k])[take] for k in model_base.INPUT_KEYS}
       tokens = np.zeros((size, self._target_length), np.int32)
       tokens[:len(chunk)] = targets[start:start + size]
       scored["decoder_target_tokens"] = tokens
-      scored["decoder_input_tokens"] = _shifted_right(tokens)
+      scored["decoder_input_tokens"] = model_base.shift_right(tokens)
       scored["decoder_loss_weights"] = (tokens != 0).astype(np.float32)
       with self._partitioner.context():
         values = self._score(self._params, self._partitioner.shard_batch(scored, self._layout))
@@ -90,7 +85,7 @@ class BatchScorer:
 
 
 def predict_task(model, params, batches: Iterable[Tuple[Dict[str, np.ndarray], List[Dict]]], *,
-                 detokenizer: Detokenizer, partitioner: partitioning.Partitioner,
+                 tokenizer: tokenizer_lib.Tokenizer, partitioner: partitioning.Partitioner,
                  layout: partitioning.DataLayout, target_length: int,
                  decode_kwargs: Optional[Mapping[str, Any]] = None,
                  class_texts: Sequence[Tuple[str, ...]] = (), score_targets: bool = False,
@@ -103,7 +98,7 @@ def predict_task(model, params, batches: Iterable[Tuple[Dict[str, np.ndarray], L
     model, params: a ``palix.models.base.BaseModel`` and its parameters (laid out by
       ``partitioner``).
     batches: ``(batch, examples)``; the first ``len(examples)`` rows are evaluated.
-    detokenizer: the task's vocabulary.
+    tokenizer: the task's vocabulary.
     target_length: decoding length (and the token length of scored texts).
     decode_kwargs: passed to ``predict_batch_with_aux`` (``decode_fn``, ``beam_size``, ...);
       ``max_decode_len`` defaults to ``target_length``.
@@ -117,7 +112,7 @@ def predict_task(model, params, batches: Iterable[Tuple[Dict[str, np.ndarray], L
   kwargs = {"max_decode_len": target_length, **dict(decode_kwargs or {})}
   scorer = None
   if class_texts or score_targets:
-    scorer = BatchScorer(model, params, partitioner, layout, detokenizer, target_length)
+    scorer = BatchScorer(model, params, partitioner, layout, tokenizer, target_length)
   predictions: List[ExamplePrediction] = []
   bar = tqdm(total=total, desc=description, unit="ex", disable=not progress, dynamic_ncols=True)
   try:
@@ -139,12 +134,13 @@ def predict_task(model, params, batches: Iterable[Tuple[Dict[str, np.ndarray], L
       if score_targets:
         target_scores = scorer.score_rows(batch, rows, np.asarray(batch["decoder_target_tokens"]))
       for row, example in enumerate(examples):
-        ids = generated_ids(tokens[row])
-        emitted = len(ids) + int(len(ids) < tokens.shape[1] and tokens[row, len(ids)] != 0)
+        ids = tokenizer_lib.answer_ids(tokens[row])
+        emitted = len(ids) + tokenizer_lib.ends_with_eos(tokens[row])
         prediction = ExamplePrediction(
             example=example, output_ids=ids, logprobs=logprobs[row, :len(ids)].tolist(),
-            text=detokenizer.text(ids), pieces=detokenizer.pieces(ids),
+            text=tokenizer.to_str(ids), pieces=tokenizer.pieces(ids),
             score=math.fsum(logprobs[row, :emitted].tolist()),
+            truncated=tokenizer_lib.is_truncated(tokens[row]),
             class_scores={texts: table[row] for texts, table in class_tables.items()},
             target_score=None if target_scores is None else float(target_scores[row]))
         if len(predictions) < keep_model_images:

@@ -13,6 +13,7 @@ the decoder writes the answer. Images are resized like the data pipeline's ``str
 """
 
 import dataclasses
+import logging
 import os
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -21,16 +22,24 @@ import jax
 import numpy as np
 
 from palix import few_shot
+from palix import partitioning
+from palix import tokenizer as tokenizer_lib
+from palix.models import base as model_base
+from palix.training import checkpoints  # gin-configurable: imported before gin locks its config
+
+logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Any]  # a path, an array [H, W, 3], a PIL image
 
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
-  """A decoded answer: its text, token ids (EOS excluded) and summed log-probability."""
+  """A decoded answer: its text, token ids (EOS excluded), summed log-probability (EOS included
+  when emitted) and whether it filled the decoding length without EOS (it may be cut short)."""
   text: str
   tokens: Tuple[int, ...]
   logprob: float
+  truncated: bool = False
 
 
 def load_image(image: ImageLike, size: int, where: str = "image") -> np.ndarray:
@@ -73,14 +82,12 @@ class Generator:
   """
 
   def __init__(self, model, params, vocabulary_path: Optional[str] = None):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
-    from palix.tasks import vocabulary  # pylint: disable=g-import-not-at-top  # seqio only lazily
     self.model = model
     self.params = params
-    self.vocabulary_path = vocabulary_path or vocabulary.DEFAULT_MODEL
-    self.processor = sentencepiece.SentencePieceProcessor(model_file=self.vocabulary_path)
+    self.tokenizer = tokenizer_lib.get_tokenizer(vocabulary_path)
+    self.vocabulary_path = self.tokenizer.model_path
     if model.config.segment_separator_id is not None:
-      separator = self.processor.piece_to_id(few_shot.SEPARATOR)
+      separator = self.tokenizer.piece_to_id(few_shot.SEPARATOR)
       if separator != model.config.segment_separator_id:
         raise ValueError(f"{self.vocabulary_path} encodes {few_shot.SEPARATOR} as {separator} but "
                          f"the model's segment_separator_id is "
@@ -115,17 +122,17 @@ class Generator:
       raise ValueError("this model does not interleave prompts (PaliXConfig.segment_separator_id "
                        "is None), so it cannot take in-context examples")
     text = few_shot.episode_text([(p, a) for _, p, a in examples], prompt)
-    tokens = self.processor.encode(text) + [self.model.eos_id]
+    tokens = self.tokenizer.encode(text) + [self.model.eos_id]
     if len(tokens) > self.model.max_input_len:
       raise ValueError(f"the prompt is {len(tokens)} tokens with EOS ({text!r}); the model takes "
                        f"at most max_input_len={self.model.max_input_len}")
-    pixels = np.zeros((1, n, size, size, 3), np.float32)
+    batch = {k: np.zeros(shape, model_base.MODEL_FEATURES[k].dtype)
+             for k, shape in self.model.input_shapes(1).items() if k in model_base.INPUT_KEYS}
     for slot, (image, where) in enumerate(all_images):
-      pixels[0, slot] = load_image(image, size, where)
-    mask = (np.arange(n) < len(all_images)).astype(np.int32)[None]
-    padded = np.zeros((1, self.model.max_input_len), np.int32)
-    padded[0, :len(tokens)] = tokens
-    return {"images": pixels, "image_mask": mask, "encoder_input_tokens": padded}
+      batch["images"][0, slot] = load_image(image, size, where)
+    batch["image_mask"][0, :len(all_images)] = 1
+    batch["encoder_input_tokens"][0, :len(tokens)] = tokens
+    return batch
 
   # --- decoding -----------------------------------------------------------------------------
   def complete(self, images, prompt: str, examples: Sequence = (), rng=None,
@@ -133,30 +140,27 @@ class Generator:
     """Decodes the answer; ``decode_kwargs`` go to the model's decoding function."""
     batch = self.encode_prompt(images, prompt, examples)
     tokens, aux = self.model.predict_batch_with_aux(self.params, batch, rng, **decode_kwargs)
-    tokens = [int(t) for t in np.asarray(tokens)[0]]
-    ended = self.model.eos_id in tokens
-    length = tokens.index(self.model.eos_id) if ended else len(tokens)
+    row = np.asarray(tokens)[0]
+    answer = tuple(tokenizer_lib.answer_ids(row, self.model.eos_id))
     logprob = float("nan")
     if "logprobs" in aux:  # the answer's tokens and its EOS
-      logprob = float(np.sum(np.asarray(aux["logprobs"])[0][:length + ended]))
-    answer = tuple(t for t in tokens[:length] if t != 0)
-    return Completion(self.detokenize(answer), answer, logprob)
+      emitted = len(answer) + tokenizer_lib.ends_with_eos(row, self.model.eos_id)
+      logprob = float(np.sum(np.asarray(aux["logprobs"])[0][:emitted]))
+    truncated = tokenizer_lib.is_truncated(row, self.model.eos_id)
+    if truncated:
+      logger.warning("the answer to %r filled all %d decoding steps without EOS and may be cut "
+                     "short; allow more (max_new_tokens=...)", prompt, len(row))
+    return Completion(self.detokenize(answer), answer, logprob, truncated)
+
+  @property
+  def processor(self) -> tokenizer_lib.Tokenizer:
+    """The tokenizer, under the name of the ``sentencepiece`` processor it replaced."""
+    return self.tokenizer
 
   def detokenize(self, ids: Sequence[int]) -> str:
-    """Text of ``ids``; ids beyond the SentencePiece model (the embedding table is padded to a
-    round size, and an untrained model may pick them) show as ``<id:N>``."""
-    size = self.processor.get_piece_size()
-    text, run = [], []
-    for token in list(ids) + [None]:
-      if token is not None and token < size:
-        run.append(int(token))
-        continue
-      if run:
-        text.append(self.processor.decode(run))
-        run = []
-      if token is not None:
-        text.append(f"<id:{token}>")
-    return " ".join(text)
+    """Text of an answer's ``ids`` (``palix.tokenizer``: up to EOS; ids past the vocabulary
+    decode as ``<unk>``)."""
+    return self.tokenizer.to_str(ids)
 
   def generate(self, images, prompt: str, examples: Sequence = (), **decode_kwargs) -> str:
     """The answer text to ``prompt`` about ``images`` given in-context ``examples``."""
@@ -168,10 +172,7 @@ def load_generator(model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
                    vocabulary_path: Optional[str] = None) -> Generator:
   """A :class:`Generator` for ``model`` with the parameters of ``checkpoint_path`` (bound by
   ``gin/runs/prompt.gin``: ``MODEL`` and ``CHECKPOINT_PATH``)."""
-  from palix import partitioning  # pylint: disable=g-import-not-at-top
-  from palix.training import infer  # pylint: disable=g-import-not-at-top
   shapes = model.input_shapes(1)
-  types = {k: (np.float32 if k == "images" else np.int32) for k in shapes}
-  params = infer.load_model_params(model, checkpoint_path, partitioning.Partitioner(), shapes,
-                                   types)
+  params = checkpoints.load_model_params(model, checkpoint_path, partitioning.Partitioner(),
+                                         shapes, model_base.batch_dtypes(list(shapes)))
   return Generator(model, params, vocabulary_path)

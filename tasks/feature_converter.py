@@ -1,14 +1,15 @@
 """The PaLI-X feature converter: task features -> the model batch of ``palix/models/base.py``.
 
 Task features: ``inputs`` and ``targets`` (int32 tokens ending in EOS), ``images`` (float32
-``[n, S, S, 3]``). Model features, per example:
+``[n, S, S, 3]``). Model features: the keys, dtypes and shapes of ``base.MODEL_FEATURES``, per
+example:
 
-* ``images`` float32 ``[N, S, S, 3]``: the n images then ``N - n`` zero slots;
-* ``image_mask`` int32 ``[N]``: 1 for the n real images;
-* ``encoder_input_tokens`` int32 ``[Le]``: inputs, zero-padded;
-* ``decoder_target_tokens`` int32 ``[Ld]``: targets (EOS = 1 included), zero-padded;
-* ``decoder_input_tokens`` int32 ``[Ld]``: targets shifted right by one, BOS = 0 first;
-* ``decoder_loss_weights`` float32 ``[Ld]``: 1 where ``decoder_target_tokens`` is not padding.
+* ``images`` ``[N, S, S, 3]``: the n images then ``N - n`` zero slots;
+* ``image_mask`` ``[N]``: 1 for the n real images;
+* ``encoder_input_tokens`` ``[Le]``: inputs, zero-padded;
+* ``decoder_target_tokens`` ``[Ld]``: targets (EOS = 1 included), zero-padded;
+* ``decoder_input_tokens`` ``[Ld]``: ``base.shift_right`` of the targets (BOS = 0 first);
+* ``decoder_loss_weights`` ``[Ld]``: 1 where ``decoder_target_tokens`` is not padding.
 
 Over-long token sequences: ``overflow='error'`` (default) fails with the task, the record id and
 the text; ``overflow='truncate'`` cuts to the length (the last kept token becomes EOS) and logs a
@@ -29,15 +30,10 @@ from typing import Dict, Mapping
 
 import tensorflow as tf
 
+from palix.models import base
+
 OVERFLOW_MODES = ("error", "truncate")
-MODEL_FEATURES = {
-    "images": tf.float32,
-    "image_mask": tf.int32,
-    "encoder_input_tokens": tf.int32,
-    "decoder_input_tokens": tf.int32,
-    "decoder_target_tokens": tf.int32,
-    "decoder_loss_weights": tf.float32,
-}
+MODEL_DTYPES = {key: tf.as_dtype(spec.dtype) for key, spec in base.MODEL_FEATURES.items()}
 _TEXT_FEATURES = {"inputs": "encoder_input_tokens", "targets": "decoder_target_tokens"}
 
 
@@ -87,11 +83,8 @@ class PaliXFeatureConverter:
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, tuple]:
     """Shapes of one converted example (without the batch dimension)."""
     _check_lengths(task_feature_lengths)
-    le, ld = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-    n, s = self.num_images, self.image_size
-    return {"images": (n, s, s, 3), "image_mask": (n,), "encoder_input_tokens": (le,),
-            "decoder_input_tokens": (ld,), "decoder_target_tokens": (ld,),
-            "decoder_loss_weights": (ld,)}
+    return base.example_shapes(num_images=self.num_images, image_size=self.image_size,
+                               feature_lengths=task_feature_lengths)
 
   def __call__(self, dataset: tf.data.Dataset,
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -136,7 +129,7 @@ class PaliXFeatureConverter:
       tokens = self._fit(tf.cast(ex[key], tf.int32), key, limit, record_id)
       out[model_key] = tf.ensure_shape(tf.pad(tokens, [[0, limit - tf.size(tokens)]]), [limit])
     targets = out["decoder_target_tokens"]
-    out["decoder_input_tokens"] = tf.concat([[self.bos_id], targets[:-1]], axis=0)
+    out["decoder_input_tokens"] = base.shift_right(targets, self.bos_id, xp=tf.experimental.numpy)
     out["decoder_loss_weights"] = tf.cast(targets != 0, tf.float32)
 
     images = ex["images"]
@@ -157,7 +150,7 @@ def zero_example(converter: PaliXFeatureConverter,
                  task_feature_lengths: Mapping[str, int]) -> Dict[str, tf.Tensor]:
   """An all-zero example (no images, zero loss weight): fills the last batch of a finite pass."""
   shapes = converter.get_model_feature_lengths(task_feature_lengths)
-  return {key: tf.zeros(shape, MODEL_FEATURES[key]) for key, shape in shapes.items()}
+  return {key: tf.zeros(shape, MODEL_DTYPES[key]) for key, shape in shapes.items()}
 
 
 def _check_lengths(task_feature_lengths: Mapping[str, int]) -> None:

@@ -1,21 +1,25 @@
 """Registering palix tasks and mixtures with seqio, and the built-in ones.
 
 Built-ins register on first use (:func:`ensure_registered`, called by ``get_batches``,
-``get_task_or_mixture`` and ``list_tasks``), not at import. Each built-in is declared once in
-``BUILTIN_TASKS`` (its source and media preprocessing); its seqio ``postprocess_fn`` and
-``metric_fns`` come from ``palix.tasks.task_metrics`` (the evaluation side owns them).
+``get_task_or_mixture`` and ``list_tasks``), not at import. Each built-in is declared once, in one
+``BUILTIN_TASKS`` entry: its source, media preprocessing, seqio ``postprocess_fn`` and
+``metric_fns`` (as one ``seqio.TaskRegistry.add`` statement declares a task).
 
 Your own task: ``add_task('my_task', JsonlSource({'train': 'data/train.jsonl'}))`` (see
 ``docs/data.md``).
 """
 
 import dataclasses
+import functools
 import itertools
 import threading
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import seqio
 
+from palix.eval import aux_metrics
+from palix.eval import postprocessors
+from palix.eval.metrics import coco_caption_metrics, exact_match, vqa_accuracy
 from palix.tasks import preprocessors
 from palix.tasks.sources import base
 from palix.tasks.sources import easy_vqa
@@ -64,47 +68,71 @@ def add_mixture(name: str, tasks_and_rates: Sequence[Tuple[str, float]],
 
 @dataclasses.dataclass(frozen=True)
 class BuiltinTask:
+  """A built-in task's whole declaration (the arguments of :func:`add_task`).
+
+  Attributes:
+    make_source: builds the source (called when the task registers).
+    media: image/video preprocessing.
+    description: one line for ``palix data list``.
+    postprocess_fn, metric_fns: what evaluation applies (seqio's fields; ``palix.eval``).
+  """
   make_source: Callable[[], base.ExampleSource]
   media: preprocessors.DecodeMedia
   description: str = ""
+  postprocess_fn: Optional[Callable] = None
+  metric_fns: Tuple[Callable, ...] = ()
 
 
 MOVING_SHAPES_FRAMES = 6
+# Metric functions shared by several built-ins.
+VQA = dict(postprocess_fn=postprocessors.vqa, metric_fns=(vqa_accuracy,))
+CAPTIONS = dict(postprocess_fn=postprocessors.caption, metric_fns=(coco_caption_metrics,))
+EXACT_MATCH = dict(metric_fns=(exact_match,))
+
 
 BUILTIN_TASKS: Dict[str, BuiltinTask] = {
     "easy_vqa": BuiltinTask(
         lambda: easy_vqa.EasyVqaSource("vqa"), preprocessors.DecodeMedia(flip=True),
-        description="easy-VQA questions (PyPI easy-vqa), 64x64 shapes"),
+        description="easy-VQA questions (PyPI easy-vqa), 64x64 shapes", **VQA),
     "easy_vqa_caption": BuiltinTask(
         lambda: easy_vqa.EasyVqaSource("caption"), preprocessors.DecodeMedia(flip=True),
-        description="'a blue circle' captions derived from easy-VQA labels"),
+        description="'a blue circle' captions derived from easy-VQA labels", **CAPTIONS),
     "fashion_mnist_caption": BuiltinTask(
         fashion_mnist.FashionMnistCaptionSource,
         preprocessors.DecodeMedia(crop_min_scale=0.85, flip=True),
-        description="'a photo of a trouser' (Debian dataset-fashion-mnist)"),
+        description="'a photo of a trouser' (Debian dataset-fashion-mnist)",
+        metric_fns=(exact_match, aux_metrics.ZeroShotClassification(tuple(
+            fashion_mnist.caption(k) for k in range(len(fashion_mnist.CLASS_NAMES)))))),
     "shapes_detection": BuiltinTask(
         shapes_detection.ShapesDetectionSource, preprocessors.DecodeMedia(),
-        description="2-4 easy-VQA shapes / Fashion-MNIST items per 128px canvas, exact boxes"),
+        description="2-4 easy-VQA shapes / Fashion-MNIST items per 128px canvas, exact boxes",
+        postprocess_fn=postprocessors.detection,
+        metric_fns=(functools.partial(aux_metrics.coco_map_from_token_scores,
+                                      label_names=shapes_detection.CLASSES),)),
     "moving_shapes_vqa": BuiltinTask(
         lambda: moving_shapes.MovingShapesSource("vqa", num_frames=MOVING_SHAPES_FRAMES),
         preprocessors.DecodeMedia(),
-        description=f"{MOVING_SHAPES_FRAMES}-frame clips: which way does the shape move?"),
+        description=f"{MOVING_SHAPES_FRAMES}-frame clips: which way does the shape move?",
+        **EXACT_MATCH),
     "moving_shapes_caption": BuiltinTask(
         lambda: moving_shapes.MovingShapesSource("caption", num_frames=MOVING_SHAPES_FRAMES),
         preprocessors.DecodeMedia(),
-        description=f"{MOVING_SHAPES_FRAMES}-frame clips: 'a red circle moving left'"),
+        description=f"{MOVING_SHAPES_FRAMES}-frame clips: 'a red circle moving left'", **CAPTIONS),
     # Few-shot episodes (images [shot_1, ..., shot_k, query], text joined by <sep>):
     "easy_vqa_episodes": BuiltinTask(
         lambda: episodes.EpisodeSource(easy_vqa.EasyVqaSource("vqa"), shots=2,
                                        name="easy_vqa_episodes"),
         preprocessors.DecodeMedia(),
-        description="2-shot easy-VQA: 2 solved questions, then the query (3 images)"),
+        description="2-shot easy-VQA: 2 solved questions, then the query (3 images)",
+        **VQA),  # the query's own answers pass through the episode
     "shape_names_3shot": BuiltinTask(
         lambda: episodes.RemappedShapeNamesSource(shots=3), preprocessors.DecodeMedia(),
-        description="in-context shape names: 3 shots fix this episode's words (4 images)"),
+        description="in-context shape names: 3 shots fix this episode's words (4 images)",
+        **EXACT_MATCH),
     "shape_names_0shot": BuiltinTask(
         lambda: episodes.RemappedShapeNamesSource(shots=0), preprocessors.DecodeMedia(),
-        description="shape_names_3shot's queries without the context (chance baseline)"),
+        description="shape_names_3shot's queries without the context (chance baseline)",
+        **EXACT_MATCH),
 }
 
 # Few-shot episodes built from other tasks' examples (several images per example).
@@ -118,10 +146,8 @@ BUILTIN_MIXTURES: Dict[str, Tuple[Tuple[str, float], ...]] = {
     "shape_names_mix": (("shape_names_3shot", 2.0), ("easy_vqa_caption", 1.0)),
     # Evaluation of in-context learning: the same queries with and without their 3 shots.
     "shape_names_eval": (("shape_names_3shot", 1.0), ("shape_names_0shot", 1.0)),
-    # Everything embedded; needs num_images >= MOVING_SHAPES_FRAMES for the video tasks. The
-    # easy-VQA captions weigh twice the questions: every caption names the shape, which teaches the
-    # vision encoder shapes faster than the questions do (easy-VQA shape questions after 1500 steps:
-    # 68% with captions 1:1, 74% with captions 2:1; questions alone, 3000 steps: 43%).
+    # Everything embedded; needs num_images >= MOVING_SHAPES_FRAMES for the video tasks. How the
+    # rates were chosen (captions weigh twice the questions): docs/performance.md, "make demo".
     "embedded_mix": (("easy_vqa", 3.0), ("easy_vqa_caption", 6.0), ("fashion_mnist_caption", 1.0),
                      ("shapes_detection", 2.0), ("moving_shapes_vqa", 2.0),
                      ("moving_shapes_caption", 1.0), ("shape_names_3shot", 1.0)),
@@ -140,13 +166,10 @@ def ensure_registered() -> None:
   with _LOCK:
     if _REGISTERED:
       return
-    from palix.tasks import task_metrics  # pylint: disable=g-import-not-at-top  # pulls palix.eval
     for name, spec in BUILTIN_TASKS.items():
       if name not in seqio.TaskRegistry.names():
-        evaluation = task_metrics.BUILTIN_EVALUATION.get(name)
-        add_task(name, spec.make_source(), spec.media,
-                 metric_fns=evaluation.metric_fns if evaluation else (),
-                 postprocess_fn=evaluation.postprocess_fn if evaluation else None)
+        add_task(name, spec.make_source(), spec.media, metric_fns=spec.metric_fns,
+                 postprocess_fn=spec.postprocess_fn)
     for name, members in BUILTIN_MIXTURES.items():
       if name not in seqio.MixtureRegistry.names():
         add_mixture(name, members)

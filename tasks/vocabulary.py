@@ -15,7 +15,8 @@ id                 piece
 1300 ..            learned pieces (BPE by default: whole words on small corpora)
 =================  ================================================================
 
-There is no BOS id (-1); the feature converter shifts targets right with 0, as T5 does.
+There is no BOS id (-1); the feature converter shifts targets right with 0, as T5 does. Ids to
+text without TensorFlow (and the end-of-answer and unknown-id rules): ``palix.tokenizer``.
 """
 
 import io
@@ -26,9 +27,9 @@ from typing import Iterable, List, Optional
 import sentencepiece as spm
 
 from palix import loc_tokens
+from palix.tokenizer import EOS_ID, PAD_ID, UNK_ID
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets", "palix_sp.model")
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SEPARATOR_TOKEN = "<sep>"
 NUM_RESERVED_EXTRAS = 16
 

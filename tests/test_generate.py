@@ -91,12 +91,15 @@ def test_prompt_layout(generator):
   assert not batch["images"][0, 3].any()
 
 
-def test_image_resize_matches_the_data_pipeline():
-  """The API's preprocessing equals the TF data layer's ``stretch`` resize and value range."""
+@pytest.mark.parametrize("height,width,size", [
+    (24, 20, 16), (64, 64, 32), (128, 128, 32), (28, 28, 32), (37, 90, 24), (7, 5, 16)])
+def test_image_resize_matches_the_data_pipeline(height, width, size):
+  """The API's preprocessing equals the TF data layer's ``stretch`` resize and value range pixel
+  for pixel (down- and upsampling, non-square): well within one 8-bit grey level (2/255)."""
   from palix.tasks import image_ops  # pylint: disable=g-import-not-at-top  # TF: tests only
-  image = _images(1, seed=3)[0]
-  expected = image_ops.to_unit_range(image_ops.resize(image, IMG, "stretch")).numpy()
-  np.testing.assert_allclose(generate.load_image(image, IMG), expected, atol=1e-4)
+  image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
+  expected = image_ops.to_unit_range(image_ops.resize(image, size, "stretch")).numpy()
+  np.testing.assert_allclose(generate.load_image(image, size), expected, rtol=0, atol=1e-4)
 
 
 def test_complete_equals_decoding_the_batch(generator):
@@ -105,10 +108,30 @@ def test_complete_equals_decoding_the_batch(generator):
   completion = generator.complete(query, "shape en", examples, eos_id=-1)
   tokens, aux = generator.model.predict_batch_with_aux(
       generator.params, generator.encode_prompt(query, "shape en", examples), eos_id=-1)
-  expected = [int(t) for t in np.asarray(tokens)[0] if t != 0]
-  assert list(completion.tokens) == expected
-  assert completion.text == generator.detokenize(expected)
-  np.testing.assert_allclose(completion.logprob, np.asarray(aux["logprobs"])[0].sum(), rtol=1e-5)
+  row = [int(t) for t in np.asarray(tokens)[0]]
+  length = next((i for i, t in enumerate(row) if t in (0, 1)), len(row))  # the answer's end
+  assert list(completion.tokens) == row[:length]
+  assert completion.text == generator.detokenize(row[:length])
+  emitted = length + (length < len(row) and row[length] == 1)  # EOS counts in the score
+  np.testing.assert_allclose(completion.logprob, np.asarray(aux["logprobs"])[0][:emitted].sum(),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("row,answer,truncated,emitted", [
+    ([5, 6, 7], (5, 6, 7), True, 3),  # no EOS within the decoding length: may be cut short
+    ([5, 1, 0], (5,), False, 2),      # EOS emitted: counted in the log-probability
+    ([5, 0, 0], (5,), False, 1),      # padding ends an answer too (decoders write it after EOS)
+])
+def test_answers_end_by_the_tokenizers_rule_and_flag_truncation(generator, monkeypatch, caplog,
+                                                                 row, answer, truncated, emitted):
+  logprobs = np.array([[-0.5, -0.25, -0.125]], np.float32)
+  monkeypatch.setattr(generator.model, "predict_batch_with_aux",
+                      lambda *args, **kwargs: (np.array([row], np.int32), {"logprobs": logprobs}))
+  completion = generator.complete(_images(1)[0], "shape en")
+  assert completion.tokens == answer and completion.truncated == truncated
+  assert completion.logprob == pytest.approx(logprobs[0, :emitted].sum())
+  warned = [r.getMessage() for r in caplog.records if "may be cut short" in r.getMessage()]
+  assert bool(warned) == truncated
 
 
 @pytest.mark.parametrize("call,message", [
@@ -171,9 +194,10 @@ def test_cli_answers_a_few_shot_prompt_like_the_api(generator, tmp_path):
   assert bad.returncode != 0 and "bad.jsonl:1" in bad.stderr
 
 
-def test_detokenize_marks_ids_beyond_the_vocabulary(generator):
-  ids = generator.processor.encode("a red circle")
-  size = generator.processor.get_piece_size()
+def test_detokenize_is_the_tokenizers_rule(generator):
+  ids = generator.tokenizer.encode("a red circle")
+  size = generator.tokenizer.vocab_size
   assert generator.detokenize(ids) == "a red circle"
-  assert generator.detokenize(ids + [size + 5] + ids) == "a red circle <id:{}> a red circle".format(
-      size + 5)
+  assert generator.detokenize(ids + [1] + ids) == "a red circle"  # the answer ends at EOS
+  # Ids past the vocabulary decode as <unk>, as in the evaluator and seqio.
+  assert generator.detokenize(ids + [size + 5] + ids) == generator.detokenize(ids + [2] + ids)

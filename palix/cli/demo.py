@@ -97,7 +97,7 @@ def run(argv):
            "--gin_file=experiments/demo_train.gin", f"--gin.MODEL_DIR='{args.model_dir}'"]
   if args.steps is not None:
     train.append(f"--gin.TRAIN_STEPS={args.steps}")
-  evaluate = ["--gin_file=runs/eval_benchmarks.gin", "--gin_file=experiments/demo_model.gin",
+  evaluate = ["--gin_file=runs/eval.gin", "--gin_file=experiments/demo_model.gin",
               "--gin_file=experiments/demo_eval.gin", f"--gin.CHECKPOINT_PATH='{args.model_dir}'",
               f"--gin.EVAL_OUTPUT_DIR='{args.model_dir}/eval'"]
   if args.max_eval_examples is not None:

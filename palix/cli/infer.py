@@ -1,8 +1,9 @@
 """``palix infer --gin_file=MODEL.gin --gin_file=runs/infer.gin [--gin.NAME=VALUE ...]``.
 
 Runs the job the run file binds to ``palix.cli.infer.job.fn``: ``runs/infer.gin`` decodes a task
-split into a predictions JSONL file (``palix.training.infer.infer``); ``runs/eval.gin`` computes
-teacher-forced metrics (``palix.training.infer.evaluate``). See docs/training.md.
+split into a predictions JSONL file (``palix.training.infer.infer``);
+``runs/eval_teacher_forced.gin`` computes teacher-forced metrics
+(``palix.eval.teacher_forced.evaluate_teacher_forced``). See docs/training.md.
 
 With ``runs/prompt.gin`` and ``--prompt``, it answers one prompt about ``--image`` instead,
 zero-shot or with in-context examples from ``--examples`` (a JSONL file of
@@ -17,7 +18,6 @@ from typing import List
 
 import gin
 
-from palix.training import infer as infer_lib  # noqa: F401  (registers infer and evaluate)
 from palix.training import run_config
 
 
@@ -78,5 +78,5 @@ def run(argv):
   run_config.check_command_line_bindings_read()
   print(json.dumps({"prompt": args.prompt, "images": args.image, "num_examples": len(examples),
                     "answer": completion.text, "tokens": list(completion.tokens),
-                    "logprob": round(completion.logprob, 4)}))
+                    "logprob": round(completion.logprob, 4), "truncated": completion.truncated}))
   return 0

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from palix import decoding
 from palix.models import base
 from palix.models import losses
 from palix.models.batch_checks import validate_batch
@@ -100,7 +101,7 @@ class CapPa(nn.Module):
     return self.decode(encoded, decoder_input_tokens, parallel, deterministic)
 
 
-_TARGET_KEYS = ("decoder_target_tokens", "decoder_loss_weights")
+_TARGET_KEYS = ("decoder_target_tokens", "decoder_loss_weights")  # with decoder_input_tokens
 
 
 @gin.configurable
@@ -126,7 +127,6 @@ class CapPaModel(base.BaseModel):
                image_size: int = 224, max_target_len: int = 64,
                decode_fn: Optional[Callable] = None, decode_kwargs: Optional[Mapping] = None,
                label_smoothing: float = 0.0, z_loss: float = 0.0, eos_id: int = 1):
-    from palix import decoding  # pylint: disable=g-import-not-at-top
     if not 0.0 <= masked_pred_prob <= 1.0:
       raise ValueError(f"CapPaModel.masked_pred_prob must be in [0, 1], got {masked_pred_prob}")
     if max_target_len > config.max_len:
@@ -143,6 +143,10 @@ class CapPaModel(base.BaseModel):
     self.z_loss = z_loss
     self.eos_id = eos_id
     self._jitted = {}
+
+  def check_feature_lengths(self, task_feature_lengths):
+    base.check_lengths_fit(task_feature_lengths, type(self).__name__,
+                           {"targets": ("max_target_len", self.max_target_len)})
 
   # --- shapes -------------------------------------------------------------------------------
   def example_inputs(self, batch_size: int = 1):
@@ -270,19 +274,20 @@ class CapPaModel(base.BaseModel):
 
     def one_class(targets):
       targets = jnp.broadcast_to(targets, (b,) + targets.shape)
-      inputs = shift_right(targets)
+      inputs = base.shift_right(targets, xp=jnp)
       logits = self.module.apply({"params": params}, encoded, inputs, method=CapPa.decode)
       return _sequence_logprob(logits, targets, (targets > 0).astype(jnp.float32))
 
     return jax.lax.map(one_class, class_targets).T
 
   def predict_batch_with_aux(self, params, batch, rng=None, *, decode_fn=None,
-                             max_decode_len=None, **decode_kwargs):
-    """Greedy (or ``decode_fn``) captions: ``(tokens [B, L], {'logprobs', 'lengths', ...})``."""
+                             max_decode_len=None, max_new_tokens=None, **decode_kwargs):
+    """Greedy (or ``decode_fn``) captions: ``(tokens [B, L], {'logprobs', 'lengths', ...})``;
+    ``L`` is ``max_decode_len`` (alias ``max_new_tokens``; default ``max_target_len``)."""
     self._check(batch, ("images",))
     kwargs = {"eos_id": self.eos_id, **self.decode_kwargs, **decode_kwargs}
-    setup = (decode_fn or self.decode_fn, int(max_decode_len or self.max_target_len),
-             tuple(sorted(kwargs.items())))
+    length = decoding.decode_length(max_decode_len, max_new_tokens, self.max_target_len)
+    setup = (decode_fn or self.decode_fn, int(length), tuple(sorted(kwargs.items())))
     fn = self._jit("predict", self._predict, setup=setup)
     return fn(params, self.single_images(batch), rng)
 
@@ -304,53 +309,7 @@ class CapPaModel(base.BaseModel):
     return result.tokens, aux
 
 
-def shift_right(targets):
-  """Decoder inputs from targets: ``[t0, t1, ...] -> [0, t0, t1, ...]`` (BOS = 0), same length."""
-  return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-
-
 def _sequence_logprob(logits, targets, weights):
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token_logp = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
   return (token_logp * weights).sum(axis=-1)
-
-
-def class_targets_from_texts(class_texts: Sequence[str], tokenize: Callable[[str], Sequence[int]],
-                             eos_id: int = 1, max_len: Optional[int] = None) -> np.ndarray:
-  """Target rows ``[C, L]`` (ids, then EOS, then 0 padding) for the class texts."""
-  rows = []
-  for text in class_texts:
-    ids = [int(t) for t in tokenize(text)]
-    if any(t <= 0 for t in ids):
-      raise ValueError(f"tokenize({text!r}) returned padding or negative ids {ids}")
-    rows.append(ids + [eos_id])
-  if not rows:
-    raise ValueError("zero-shot classification needs at least one class text")
-  length = max(len(r) for r in rows)
-  if max_len is not None and length > max_len:
-    raise ValueError(f"class text {class_texts[int(np.argmax([len(r) for r in rows]))]!r} is "
-                     f"{length} tokens with EOS; the decoder has {max_len} positions")
-  out = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-  return out
-
-
-def zero_shot_classify(model: CapPaModel, params, images, class_texts: Sequence[str],
-                       tokenize: Callable[[str], Sequence[int]], batch_size: int = 256
-                       ) -> Tuple[np.ndarray, np.ndarray]:
-  """Zero-shot classification by scoring: ``(predictions [N], scores [N, C])``.
-
-  Every class text (e.g. ``"a photo of a trouser"``) is tokenized with ``tokenize`` (ids without
-  EOS; EOS is appended, as in the training targets) and scored by its summed AR log-likelihood
-  (``CapPaModel.score_classes``, the same number ``score_batch`` gives); the prediction is the
-  best-scoring class (ties: the first).
-  """
-  targets = class_targets_from_texts(class_texts, tokenize, model.eos_id, model.config.max_len)
-  images = np.asarray(images)
-  if images.ndim == 5:
-    images = np.asarray(model.single_images({"images": images}))
-  scores = [np.asarray(model.score_classes(params, images[i:i + batch_size], targets))
-            for i in range(0, len(images), batch_size)]
-  scores = np.concatenate(scores, axis=0) if scores else np.zeros((0, len(class_texts)))
-  return np.argmax(scores, axis=1), scores

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from palix import decoding
 from palix.layers import initializers as inits
 from palix.models import base
 from palix.models import losses
@@ -156,7 +157,8 @@ class PaliX(nn.Module):
     return self.decode(encoded, mask, decoder_input_tokens, deterministic)
 
 
-_INPUT_KEYS = ("images", "image_mask", "encoder_input_tokens", "decoder_input_tokens")
+# The inputs of ``PaliX.__call__``, in its argument order.
+_INPUT_KEYS = base.INPUT_KEYS + ("decoder_input_tokens",)
 
 
 @gin.configurable
@@ -184,7 +186,6 @@ class PaliXModel(base.BaseModel):
                label_smoothing: float = 0.0, z_loss: float = 1e-4,
                loss_normalization: str = "tokens", eos_id: int = 1,
                loc_token_sigma: float = 0.0, first_loc_id: int = 3, num_loc_bins: int = 1024):
-    from palix import decoding  # pylint: disable=g-import-not-at-top
     self.config = config
     self.module = PaliX(config)
     self.image_size = image_size
@@ -208,27 +209,29 @@ class PaliXModel(base.BaseModel):
 
   # --- shapes -------------------------------------------------------------------------------
   def input_shapes(self, batch_size: int = 1):
-    s, n = self.image_size, self.num_images
-    return {"images": (batch_size, n, s, s, 3), "image_mask": (batch_size, n),
-            "encoder_input_tokens": (batch_size, self.max_input_len),
-            "decoder_input_tokens": (batch_size, self.max_target_len)}
+    return base.batch_shapes(
+        batch_size, num_images=self.num_images, image_size=self.image_size,
+        feature_lengths={"inputs": self.max_input_len, "targets": self.max_target_len},
+        keys=_INPUT_KEYS)
 
   def example_inputs(self, batch_size: int = 1):
-    dtypes = {"images": jnp.float32}
-    return {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32))
+    dtypes = base.batch_dtypes(_INPUT_KEYS)
+    return {k: jax.ShapeDtypeStruct(v, dtypes[k])
             for k, v in self.input_shapes(batch_size).items()}
 
   def get_initial_variables(self, rng, input_shapes=None, input_types=None):
     input_shapes = input_shapes or self.input_shapes()
-    input_types = input_types or {}
-    dummy = {k: jnp.zeros(input_shapes[k], input_types.get(k, jnp.float32 if k == "images"
-                                                           else jnp.int32))
-             for k in _INPUT_KEYS}
+    input_types = {**base.batch_dtypes(_INPUT_KEYS), **(input_types or {})}
+    dummy = {k: jnp.zeros(input_shapes[k], input_types[k]) for k in _INPUT_KEYS}
     dummy["image_mask"] = jnp.ones_like(dummy["image_mask"])
     return self.module.init(rng, **dummy)
 
+  def check_feature_lengths(self, task_feature_lengths):
+    base.check_lengths_fit(task_feature_lengths, type(self).__name__,
+                      {"inputs": ("max_input_len", self.max_input_len),
+                       "targets": ("max_target_len", self.max_target_len)})
+
   def frozen_param_prefixes(self) -> Tuple[str, ...]:
-    """Top-level parameter paths the optimizer must leave alone (and keep no state for)."""
     return ("vit",) if self.config.freeze_vit else ()
 
   # --- training -----------------------------------------------------------------------------
@@ -242,7 +245,7 @@ class PaliXModel(base.BaseModel):
                              deterministic=rng is None, rngs=rngs)
 
   def loss_fn(self, params, batch, rng):
-    self._check(batch, _INPUT_KEYS + ("decoder_target_tokens", "decoder_loss_weights"))
+    self._check(batch, base.INPUT_KEYS + base.TARGET_KEYS)
     logits = self.compute_logits(params, batch, rng)
     return losses.weighted_cross_entropy_loss(
         logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
@@ -251,7 +254,7 @@ class PaliXModel(base.BaseModel):
 
   def score_batch(self, params, batch):
     """Sum over target tokens of ``log p(target)``, weighted by ``decoder_loss_weights``."""
-    self._check(batch, _INPUT_KEYS + ("decoder_target_tokens", "decoder_loss_weights"))
+    self._check(batch, base.INPUT_KEYS + base.TARGET_KEYS)
     logits = self.compute_logits(params, batch)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_logp = jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
@@ -259,7 +262,7 @@ class PaliXModel(base.BaseModel):
 
   # --- decoding -----------------------------------------------------------------------------
   def encode(self, params, batch):
-    self._check(batch, ("images", "image_mask", "encoder_input_tokens"))
+    self._check(batch, base.INPUT_KEYS)
     return self.module.apply({"params": params}, batch["images"], batch["image_mask"],
                              batch["encoder_input_tokens"], method=PaliX.encode)
 
@@ -276,19 +279,22 @@ class PaliXModel(base.BaseModel):
     return cache, tokens_to_logits
 
   def predict_batch_with_aux(self, params, batch, rng=None, *, decode_fn=None,
-                             max_decode_len=None, **decode_kwargs):
+                             max_decode_len=None, max_new_tokens=None, **decode_kwargs):
     """Decodes the batch. Returns ``(tokens [B, L], {'logprobs': [B, L], 'lengths': [B], ...})``.
 
-    Encoding and decoding run as one jit-compiled program, cached per decoding setup
-    (``decode_fn``, ``max_decode_len`` and the keyword arguments, which must be hashable).
+    ``max_decode_len`` (alias ``max_new_tokens``; default ``max_target_len``) is ``L``;
+    ``decode_kwargs`` go to the decoding function (``min_new_tokens``, ``beam_size``, ...).
+    Encoding and decoding run as one jit-compiled program (the only jit of the predict path: the
+    decoders are pure), cached per decoding setup (``decode_fn``, ``L`` and the keyword
+    arguments, which must be hashable).
     """
-    self._check(batch, ("images", "image_mask", "encoder_input_tokens"))
+    self._check(batch, base.INPUT_KEYS)
     kwargs = {"eos_id": self.eos_id, **self.decode_kwargs, **decode_kwargs}
-    setup = (decode_fn or self.decode_fn, int(max_decode_len or self.max_target_len),
-             tuple(sorted(kwargs.items())))
+    length = decoding.decode_length(max_decode_len, max_new_tokens, self.max_target_len)
+    setup = (decode_fn or self.decode_fn, int(length), tuple(sorted(kwargs.items())))
     if setup not in self._predict_fns:
       self._predict_fns[setup] = jax.jit(functools.partial(self._predict, setup))
-    inputs = {k: batch[k] for k in ("images", "image_mask", "encoder_input_tokens")}
+    inputs = {k: batch[k] for k in base.INPUT_KEYS}
     return self._predict_fns[setup](params, inputs, rng)
 
   def _predict(self, setup, params, inputs, rng):

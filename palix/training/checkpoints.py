@@ -22,12 +22,14 @@ import pathlib
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import gin
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from palix.training import param_paths
+from palix.training import train_state as train_state_lib
 from palix.training.train_state import TrainState
 
 logger = logging.getLogger(__name__)
@@ -260,3 +262,17 @@ class InitialCheckpoint:
     logger.info("initial checkpoint %s: restored %d of %d parameters", self.path, len(loaded),
                  len(param_paths.flatten(abstract_params)))
     return param_paths.map_with_path_str(lambda p, x: loaded.get(p, x), params)
+
+
+def load_model_params(model, checkpoint_path: str, partitioner, input_shapes, input_types):
+  """All of ``model``'s parameters from ``checkpoint_path`` (anything :func:`load_params`
+  accepts), each read straight into the sharded layout of ``partitioner``
+  (a ``palix.partitioning.Partitioner``). ``input_shapes``/``input_types`` (a batch geometry,
+  e.g. ``model.input_shapes()``) size the model; the parameters do not depend on them."""
+  boxed = train_state_lib.boxed_variable_shapes(model, jax.random.key(0), input_shapes,
+                                                input_types)["params"]
+  shardings = partitioner.param_shardings(boxed)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  loaded = load_params(checkpoint_path, abstract)
+  return param_paths.map_with_path_str(lambda path, _: loaded[path], abstract)

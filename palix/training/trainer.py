@@ -156,7 +156,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
   """Trains ``model`` until ``train_steps`` steps are done (resuming if ``model_dir`` has some).
 
   Args:
-    model: a ``BaseModel``; ``model.frozen_param_prefixes()``, if defined, is frozen too.
+    model: a ``BaseModel``; its ``frozen_param_prefixes()`` are frozen too.
     model_dir: checkpoints, ``config.gin``, TensorBoard events and ``metrics.jsonl`` go here.
     train_steps: total steps (a resumed run counts the steps already done).
     batch_size: global batch size (all processes together).
@@ -177,6 +177,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
   """
   partitioner = partitioner or partitioning.Partitioner()
   layout = partitioner.data_layout(batch_size)
+  model.check_feature_lengths(task_feature_lengths)  # TASK_FEATURE_LENGTHS fit the model
   ckpts = checkpoints_lib.Checkpoints(os.path.join(model_dir, "checkpoints"),
                                       keep=keep_checkpoints, async_save=async_checkpointing)
   start_step = ckpts.latest_step() or 0
@@ -187,7 +188,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
                            repeat=True, start_step=start_step, shard_index=layout.shard_index,
                            num_shards=layout.num_shards)
   first = next(batches)  # its shapes size the model
-  optimizer = optimizer.with_frozen_prefixes(getattr(model, "frozen_param_prefixes", tuple)())
+  optimizer = optimizer.with_frozen_prefixes(model.frozen_param_prefixes())
   factory = StateFactory(model, optimizer.make(), partitioner,
                          *_batch_geometry(first, layout), seed=seed)
   run_config.check_command_line_bindings_read()  # every configurable of the run has been called

@@ -168,8 +168,8 @@ def test_infer_and_eval_from_the_trained_checkpoint(runs, clean_gin, capsys):
     assert r["score"] <= 0
   gin.clear_config()
   eval_dir = runs["root"] / "eval"
-  assert _cli("infer", *common, "--gin_file=runs/eval.gin", f"--gin_file={EXPERIMENT_GIN}",
-              f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'") == 0
+  assert _cli("infer", *common, "--gin_file=runs/eval_teacher_forced.gin",
+              f"--gin_file={EXPERIMENT_GIN}", f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'") == 0
   metrics = json.loads((eval_dir / "eval_metrics.json").read_text())
   loss, want = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
   assert metrics["loss"] == pytest.approx(float(loss), rel=1e-5)

@@ -1,4 +1,5 @@
-"""The evaluator's TF-free parts: detokenizer, postprocessors and the aux-value metrics."""
+"""The evaluator's TF-free parts: postprocessors and the aux-value metrics (the tokenizer:
+tests/test_tokenizer.py)."""
 
 import os
 import subprocess
@@ -6,58 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from palix import loc_tokens
 from palix.eval import aux_metrics, postprocessors
-from palix.eval.detokenizer import Detokenizer, generated_ids
 from palix.eval.metrics import vqa_accuracy
-from palix.eval.metrics.detection_parsing import SENTENCEPIECE_SPACE
 
-MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "tasks", "assets", "palix_sp.model")
-
-
-@pytest.fixture(scope="module")
-def detokenizer():
-  return Detokenizer(MODEL)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(list("ab cQ-;é☃<>0") + ["<loc0012>", " bag"]), max_size=20))
-def test_pieces_concatenate_to_the_decoded_text(parts):
-  text = "".join(parts)
-  detokenizer = Detokenizer(MODEL)
-  ids = detokenizer.encode(text)
-  joined = "".join(detokenizer.pieces(ids)).replace(SENTENCEPIECE_SPACE, " ")
-  assert joined.lstrip(" ") == detokenizer.text(ids).lstrip(" ")
-
-
-def test_byte_fallback_pieces_become_their_characters(detokenizer):
-  ids = detokenizer.encode("☃")
-  assert len(ids) >= 3  # three UTF-8 bytes, none of them a learned piece
-  pieces = [p for p in detokenizer.pieces(ids) if p]
-  assert "".join(pieces).replace(SENTENCEPIECE_SPACE, " ").strip() == "☃"
-
-
-def test_ids_outside_the_vocabulary_decode_as_unk(detokenizer):
-  far = detokenizer.vocab_size + 100
-  assert detokenizer.pieces([far, 3]) == ["<unk>", "<loc0000>"]
-  assert detokenizer.text([far]) == detokenizer.text([2])
-
-
-def test_generated_ids_stop_at_eos_or_padding():
-  assert generated_ids([5, 6, 1, 7, 0]) == [5, 6]
-  assert generated_ids([5, 0, 6, 1]) == [5]
-  assert generated_ids(np.array([5, 6, 7])) == [5, 6, 7]
-
-
-def test_target_tokens_end_with_eos_and_report_cutting(detokenizer):
-  tokens, cut = detokenizer.target_tokens("a photo of a trouser", 16)
-  ids = detokenizer.encode("a photo of a trouser")
-  assert not cut and tokens.tolist() == ids + [1] + [0] * (16 - len(ids) - 1)
-  tokens, cut = detokenizer.target_tokens("a photo of a trouser", 3)
-  assert cut and tokens.tolist() == ids[:2] + [1]
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def test_one_easy_vqa_answer_becomes_ten_agreeing_humans():
@@ -138,6 +93,6 @@ def test_the_evaluator_and_palix_eval_import_without_tensorflow():
       "import palix.eval.report_samples, palix.eval.seqio_metrics, palix.eval.postprocessors\n"
       "print('NO_TF_OK')\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.join(os.path.dirname(MODEL), "..", ".."))
+                          timeout=300, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "NO_TF_OK" in result.stdout

@@ -129,9 +129,12 @@ def test_metrics_json_has_each_tasks_declared_metrics_in_range(batch4_run):
 
 
 def test_zero_shot_accuracy_is_the_argmax_of_the_recorded_class_scores(batch4_run):
-  from palix.tasks import task_metrics  # pylint: disable=g-import-not-at-top
+  from palix.eval import aux_metrics  # pylint: disable=g-import-not-at-top
+  from palix.tasks import registry  # pylint: disable=g-import-not-at-top
   rows = _predictions(batch4_run, "fashion_mnist_caption")
-  classes = task_metrics.FASHION_MNIST_CAPTIONS
+  (zero_shot,) = [fn for fn in registry.BUILTIN_TASKS["fashion_mnist_caption"].metric_fns
+                  if isinstance(fn, aux_metrics.ZeroShotClassification)]
+  classes = zero_shot.class_texts
   right = []
   for row in rows:
     scores = row["class_scores"][0]["scores"]

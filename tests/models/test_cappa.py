@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from palix.models.cappa import CapPa, CapPaConfig, CapPaModel, shift_right
+from palix.models.base import shift_right
+from palix.models.cappa import CapPa, CapPaConfig, CapPaModel
 from palix.models.vit import ViTConfig
 
 VOCAB, L, IMG, B = 24, 7, 16, 3

@@ -9,7 +9,9 @@ import optax
 import pytest
 import flax.linen as nn
 
-from palix.models.cappa import CapPaConfig, CapPaModel, shift_right, zero_shot_classify
+from palix.eval.zero_shot import classify_with_class_scores
+from palix.models.base import shift_right
+from palix.models.cappa import CapPaConfig, CapPaModel
 from palix.models.vit import ViTConfig
 
 IMG, L, STEPS = 16, 6, 200
@@ -80,8 +82,11 @@ def test_parallel_prediction_reads_captions_off_the_image(trained):
 
 def test_zero_shot_scoring_ranks_the_true_caption_first(trained):
   model, params, batch, _ = trained
-  predictions, scores = zero_shot_classify(model, params, batch["images"], CAPTIONS, tokenize)
+  result = classify_with_class_scores(model, params, batch["images"], CAPTIONS, tokenize,
+                                      labels=np.arange(len(CAPTIONS)))
+  predictions, scores = result.predictions, result.scores
   np.testing.assert_array_equal(predictions, np.arange(len(CAPTIONS)))
+  assert result.accuracy == 1.0
   # The scores are score_batch's numbers for the (image, caption) pairs.
   np.testing.assert_allclose(np.diag(scores), np.asarray(jax.jit(model.score_batch)(params, batch)),
                              rtol=1e-5, atol=1e-5)

@@ -22,17 +22,17 @@ def _convert(converter, dataset, lengths=LENGTHS):
   return next(iter(converter(dataset, lengths).as_numpy_iterator()))
 
 
-def test_model_keys_are_exactly_the_documented_batch_keys():
-  documented = {line.split("``")[1] for line in model_base.__doc__.splitlines()
-                if line.startswith("``")}
-  assert set(fc.MODEL_FEATURES) == documented
+def test_converted_examples_follow_the_batch_schema():
   converter = fc.PaliXFeatureConverter(num_images=3, image_size=8)
   out = _convert(converter, _dataset([5, 6, 1], [7, 8, 1], 2)[0])
-  assert set(out) == documented
-  shapes = converter.get_model_feature_lengths(LENGTHS)
+  assert set(out) == set(model_base.MODEL_FEATURES)
+  expected = {"images": (3, 8, 8, 3), "image_mask": (3,),
+              "encoder_input_tokens": (LENGTHS["inputs"],)}
+  expected.update({k: (LENGTHS["targets"],) for k in model_base.TARGET_KEYS})
+  assert converter.get_model_feature_lengths(LENGTHS) == expected
   for key, value in out.items():
-    assert value.shape == shapes[key], key
-    assert value.dtype == fc.MODEL_FEATURES[key].as_numpy_dtype, key
+    assert value.shape == expected[key], key
+    assert value.dtype == model_base.MODEL_FEATURES[key].dtype, key
 
 
 def test_tokens_are_padded_and_targets_shifted_right_with_bos_0():

@@ -12,7 +12,6 @@ import tensorflow as tf
 from palix import few_shot
 from palix.tasks import dataset
 from palix.tasks import registry
-from palix.tasks import task_metrics
 from palix.tasks import vocabulary
 from palix.tasks.sources import base
 from palix.tasks.sources import easy_vqa
@@ -307,12 +306,12 @@ def test_episode_tasks_are_evaluated_by_accuracy():
   registry.ensure_registered()
   for name, metric in (("easy_vqa_episodes", "vqa_accuracy"), ("shape_names_3shot", "exact_match"),
                        ("shape_names_0shot", "exact_match")):
-    evaluation = task_metrics.BUILTIN_EVALUATION[name]
+    declared = registry.BUILTIN_TASKS[name]
     task = dataset.get_task_or_mixture(name)
-    assert list(task.predict_metric_fns) == list(evaluation.metric_fns)
+    assert list(task.predict_metric_fns) == list(declared.metric_fns)
     postprocess = task.postprocess_fn or (lambda text, **_: text)
     targets = [postprocess(t, example={}, is_target=True) for t in ("bag", "boot")]
-    assert evaluation.metric_fns[0](targets, ["bag", "coat"])[metric] in (0.5, 50.0)
+    assert declared.metric_fns[0](targets, ["bag", "coat"])[metric] in (0.5, 50.0)
 
 
 def test_few_shot_module_needs_no_tensorflow():
