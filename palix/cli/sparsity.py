@@ -1,6 +1,7 @@
 """``palix sparsity {fit,advise,table,plot,export-nm}``: the sparse scaling law and n:m masks.
 
-* ``fit RUNS.csv|json [--log_loss --delta D --holdout largest_data --bootstrap K --out FIT.json]``:
+* ``fit RUNS.csv|json [--log_loss --delta D --holdout largest_data|width=64|random --bootstrap K
+  --nonnegative --out FIT.json]``:
   fits the 7-coefficient law L(S, N, D) (Huber loss, random starts) and prints the coefficients,
   the fit error and, with ``--holdout``, the error on runs left out of the fit.
 * ``advise --setting {vit,t5,FIT.json} --nonzero_params N --data D``: the loss-minimising sparsity
@@ -44,15 +45,34 @@ def _holdout_split(runs, how: str, fraction: float, seed: int):
   n = len(runs)
   if how == "none":
     return np.ones(n, bool)
+  if "=" in how:  # COLUMN=VALUE: hold out the runs whose column has this value
+    column, value = how.split("=", 1)
+    if column not in runs[0]:
+      raise ValueError(f"--holdout {how}: the runs have no column {column!r} (columns: "
+                       f"{', '.join(runs[0])})")
+    held = np.array([_same(r[column], value) for r in runs])
+    if not held.any():
+      raise ValueError(f"--holdout {how}: no run has {column} = {value}")
+    return ~held
   if how in ("largest_data", "largest_params"):
     column = "data" if how == "largest_data" else "nonzero_params"
     values = np.array([r[column] for r in runs])
     return values < values.max()
+  if how != "random":
+    raise ValueError(f"--holdout {how!r}: expected none, largest_data, largest_params, random or "
+                     "COLUMN=VALUE")
   rng = np.random.default_rng(seed)
   test = rng.permutation(n)[:max(1, int(round(fraction * n)))]
   train = np.ones(n, bool)
   train[test] = False
   return train
+
+
+def _same(stored, value: str) -> bool:
+  try:
+    return float(stored) == float(value)
+  except ValueError:
+    return str(stored) == value
 
 
 def _errors(coeffs, s, n, d, loss):
@@ -80,6 +100,9 @@ def _fit(args) -> int:
         f"nonnegative={args.nonnegative}); "
         f"{fit.successful_starts}/{fit.starts} starts converged, objectives "
         f"{spread.min():.4g}..{spread.max():.4g}")
+  if not fit.best_converged:
+    print("warning: the best start stopped at scipy's evaluation budget, not at a minimum: the "
+          "runs do not pin some coefficients down (see --bootstrap; try --nonnegative)")
   _, rmse, rel = _errors(c, s[train], n[train], d[train], loss[train])
   print(f"fit error on fitted runs: rmse {rmse:.4g}, mean relative {100 * rel:.2f}%")
   if args.bootstrap:
@@ -205,8 +228,8 @@ def _parser():
   fit.add_argument("--starts", type=int, default=25, help="random starts (paper: 25)")
   fit.add_argument("--seed", type=int, default=0)
   fit.add_argument("--holdout", default="none",
-                   choices=["none", "largest_data", "largest_params", "random"],
-                   help="runs left out of the fit and predicted")
+                   help="runs left out of the fit and predicted: none, largest_data, "
+                   "largest_params, random, or COLUMN=VALUE (e.g. width=64)")
   fit.add_argument("--holdout_fraction", type=float, default=0.25, help="for --holdout random")
   fit.add_argument("--bootstrap", type=int, default=0, help="refit on K resamples of the runs")
   fit.add_argument("--nonnegative", action="store_true",

@@ -73,8 +73,9 @@ class FitResult:
   coefficients: LawCoefficients
   objective: float
   starts: int
-  successful_starts: int
-  objectives: Sequence[float]  # per successful start, to show how reproducible the optimum is
+  successful_starts: int  # starts that met scipy's convergence tolerances
+  objectives: Sequence[float]  # per start, to show how reproducible the optimum is
+  best_converged: bool = True  # False: the best start stopped at the evaluation budget
 
 
 def _residuals(v, sparsity, nonzero_params, data, loss, log_loss: bool):
@@ -98,22 +99,25 @@ def fit_law(sparsity, nonzero_params, data, loss, *, delta: float = 0.01, log_lo
     raise ValueError(f"fitting {len(NAMES)} coefficients needs at least {len(NAMES)} runs; got "
                      f"{len(arrays[0])}")
   rng = np.random.default_rng(seed)
-  best, best_objective, objectives = None, np.inf, []
+  best, best_objective, objectives, converged = None, np.inf, [], 0
   for _ in range(starts):
     result = scipy.optimize.least_squares(
         _residuals, rng.uniform(size=len(NAMES)), args=(*arrays, log_loss), loss="huber",
         f_scale=delta, bounds=(0.0, np.inf) if nonnegative else (-np.inf, np.inf))
     objective = huber_objective(result.x, *arrays, delta, log_loss)
-    if result.status <= 0 or not np.isfinite(objective):
+    if result.status < 0 or not np.isfinite(objective):
       continue
+    # status 0: the evaluation budget ran out, typically while coefficients drift off together
+    # (a direction the runs do not pin down); the iterate is still a valid fit, so it competes.
+    converged += result.status > 0
     objectives.append(objective)
     if objective < best_objective:
       best, best_objective = result, objective
   if best is None:
-    raise ValueError(f"no fit converged from {starts} random starts; check the units (keep N, D "
-                     "and L of order 0.1-1000) or add runs")
+    raise ValueError(f"no fit from {starts} random starts reached a finite objective; check the "
+                     "units (keep N, D and L of order 0.1-1000) or add runs")
   return FitResult(LawCoefficients.from_vector(best.x), float(best_objective), starts,
-                   len(objectives), tuple(objectives))
+                   converged, tuple(objectives), bool(best.status > 0))
 
 
 # --- settings: coefficients with their units ----------------------------------------------------

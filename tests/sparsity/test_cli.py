@@ -60,6 +60,17 @@ def test_fit_holdout_and_out_file(tmp_path, capsys):
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith("optimal sparsity: 0.")
 
 
+def test_holdout_by_column(tmp_path, capsys):
+  runs = tmp_path / "runs.csv"
+  _synthetic_runs(runs)
+  assert cli.run(["fit", str(runs), "--holdout", "sparsity=0.875", "--starts", "3"]) == 0
+  assert "runs: 48 (36 fitted, 12 held out: sparsity=0.875)" in capsys.readouterr().out
+  assert cli.run(["fit", str(runs), "--holdout", "width=64"]) == 2
+  assert "the runs have no column 'width'" in capsys.readouterr().err
+  assert cli.run(["fit", str(runs), "--holdout", "sparsity=0.3"]) == 2
+  assert "no run has sparsity = 0.3" in capsys.readouterr().err
+
+
 def test_malformed_runs_file_names_the_row(tmp_path, capsys):
   runs = tmp_path / "runs.csv"
   runs.write_text("sparsity,nonzero_params,data,loss\n0.5,1,1,0.9\n0.5,1,x,0.9\n")
