@@ -43,7 +43,7 @@ def unreferenced_macros(bindings: Sequence[str]) -> Dict[str, str]:
     macro = name.rsplit("/", 1)[-1]
     if re.search(rf"%{re.escape(macro)}(?![\w.])", text):
       continue
-    close = [m for m in difflib.get_close_matches(macro, known, n=3) if m != macro]
+    close = [m for m in difflib.get_close_matches(macro, known, n=2, cutoff=0.75) if m != macro]
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     problems[binding] = (f"--gin.{binding.strip()}: no gin binding of this run reads the macro "
                          f"{macro}{hint}")

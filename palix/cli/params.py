@@ -16,6 +16,7 @@ import gin
 import jax
 
 from palix import config as palix_config
+from palix import gin_usage
 from palix import model_stats
 from palix.sparsity import counting
 
@@ -72,6 +73,7 @@ def run(argv):
     parser.error("at least one --gin_file is required (for example "
                  "--gin_file=gin/models/vit/vit_22b.gin)")
   palix_config.parse_gin(args.gin_file, bindings, args.gin_search_paths, finalize=False)
+  unread = gin_usage.unreferenced_macros(bindings)
   try:
     gin.query_parameter("%MODEL")
   except ValueError:
@@ -85,4 +87,7 @@ def run(argv):
     print(f"palix params: {error}", file=sys.stderr)
     return 2
   print(format_summary(*summary))
+  unread.update(gin_usage.unread_bindings([b for b in bindings if b not in unread]))
+  for problem in unread.values():  # a typo such as --gin.VIT_PATCHSIZE=32 counted nothing
+    print(f"palix params: warning: {problem}", file=sys.stderr)
   return 0

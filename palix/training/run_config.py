@@ -94,10 +94,13 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--process_id", type=int, default=None, help="this process's index")
 
 
-def add_strict_flag(parser: argparse.ArgumentParser) -> None:
+def add_check_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--strict_gin", action="store_true",
                       help="fail when a --gin.NAME=VALUE flag is not read by the run (default: "
                       "a warning naming it)")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="check the flags, modules and gin files, print the parsed gin config "
+                      "and exit without running")
 
 
 def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -106,6 +109,7 @@ def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> arg
 
   Configuration errors (unknown configurables, unset required macros, missing files, values that
   do not parse, and with ``--strict_gin`` flags no binding reads) exit through ``parser.error``.
+  With ``--dry_run`` the checked config is printed and the process exits (``SystemExit(0)``).
   """
   global _command_line
   try:
@@ -115,7 +119,7 @@ def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> arg
   palix_config.add_gin_flags(parser)
   add_distributed_flags(parser)
   palix_config.add_module_flag(parser)
-  add_strict_flag(parser)
+  add_check_flags(parser)
   args = parser.parse_args(rest)
   palix_config.import_modules(args.module, parser)
   if not args.gin_file:
@@ -130,6 +134,9 @@ def parse_run_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> arg
     gin.finalize()
   except (ValueError, FileNotFoundError, ImportError) as e:
     parser.error(str(e))
+  if args.dry_run:
+    print(gin.config_str(), end="")
+    raise SystemExit(0)
   # Checked again once the run's configurables have been called, except those reported above.
   _command_line = CommandLineBindings(tuple(b for b in bindings if b not in unreferenced),
                                       args.strict_gin)

@@ -50,3 +50,17 @@ def test_unknown_scale_names_the_valid_ones(clean_gin, tmp_path, capsys):
   listed = re.search(r"expected one of (.*?), optionally", message)
   assert listed, message
   assert {"Ti", "S", "B", "L", "H", "g", "G", "e", "22B"} <= set(listed.group(1).split(", "))
+
+
+def test_flags_that_nothing_reads_are_named_after_the_counts(clean_gin, capsys):
+  assert params.run(["--gin_file=models/vit/vit_ti.gin", "--gin.VIT_PATCHSIZE=32",
+                     "--gin.ViTConfig.qk_norm=True", "--gin.schedules.cosine.warmup_steps=3",
+                     "--gin_file=runs/pretrain.gin"]) == 0
+  out, err = capsys.readouterr()
+  # Patch 16 as in vit_ti.gin: the misspelt flag changed nothing.
+  assert out.strip().splitlines()[-1] == "total_params: 5527104"
+  assert err.strip().splitlines() == [
+      "palix params: warning: --gin.VIT_PATCHSIZE=32: no gin binding of this run reads the macro "
+      "VIT_PATCHSIZE; did you mean VIT_PATCH_SIZE?",
+      "palix params: warning: --gin.schedules.cosine.warmup_steps=3: this run never called "
+      "schedules.cosine, so the binding has no effect"]
