@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from palix.layers import initializers as inits
+from palix.layers import soft_moe
 from palix.layers.adatape import ponder_loss_and_metrics
 from palix.models import base
 from palix.models import losses
@@ -171,16 +172,17 @@ class ClassifierModel(base.BaseModel):
     """Packed (NaViT) batches carry ``patches`` instead of ``images``."""
     return "patches" in batch
 
-  def _logits(self, params, batch, dropout_rng=None):
+  def _logits(self, params, batch, dropout_rng=None, mutable=False):
+    """Logits (and, with ``mutable`` collections, ``(logits, their values)``)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     variables, train = {"params": params}, dropout_rng is not None
     if self.is_packed(batch):
       self._check_packed(batch)
       return self.module.apply(variables, *(batch[k] for k in PACKED_KEYS[:5]), train=train,
-                               rngs=rngs, method=ImageClassifier.packed)
+                               rngs=rngs, mutable=mutable, method=ImageClassifier.packed)
     self._require(batch, ("images",))
     images = self.single_images(batch["images"])
-    return self.module.apply(variables, images, train=train, rngs=rngs)
+    return self.module.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
 
   def _check_packed(self, batch):
     self._require(batch, PACKED_KEYS)
@@ -221,8 +223,10 @@ class ClassifierModel(base.BaseModel):
     labels, weights = self._labels_and_weights(batch)
     if self.config.vit.adatape is not None:
       return self._tape_loss_fn(params, batch, rng, labels, weights)
-    logits = self._logits(params, batch, rng)
-    return self.loss_and_metrics(logits, labels, weights)
+    # Soft MoE layers sow their routing statistics; they join the metrics (TensorBoard).
+    logits, state = self._logits(params, batch, rng, mutable=[soft_moe.MOE_METRICS])
+    loss, metrics = self.loss_and_metrics(logits, labels, weights)
+    return loss, {**metrics, **soft_moe.collect_metrics(state)}
 
   def _tape_loss_fn(self, params, batch, rng, labels, weights):
     if self.is_packed(batch):

@@ -11,7 +11,8 @@ import pytest
 from flax import traverse_util
 
 from palix.layers.attention import MultiHeadAttention
-from palix.layers.norms import LayerNorm
+from palix.layers.pooling import GlobalAveragePool
+from palix.layers.position import FactorizedPosEmb
 from palix.layers.soft_moe import MOE_METRICS, SoftMoe, SoftMoeConfig, collect_metrics
 from palix.models.vit import Encoder, ParallelBlock, SequentialBlock, ViT, ViTConfig
 from test_vit import np_layernorm, np_parallel_block
@@ -162,3 +163,56 @@ def test_training_mode_uses_noise_and_dropout_rngs(tiny_vit, vit_images, vit_ini
 def test_bad_moe_config_names_the_binding(tiny_vit, moe, message):
   with pytest.raises(ValueError, match=message):
     ViTConfig(**{**tiny_vit, "moe": moe}).resolved()
+
+
+# ---- through the classifier: packed images and diagnostics in the metrics ------------------
+
+
+def _packed_classifier(max_images_per_row):
+  from palix.models.classifier import ClassifierConfig, ClassifierModel
+  from test_navit_packed import P
+  moe = SoftMoeConfig(num_experts=3, slots_per_expert=2, max_images_per_row=max_images_per_row)
+  vit = ViTConfig(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=P, image_size=12,
+                  posemb_max_grid=8, pool=GlobalAveragePool, posemb=FactorizedPosEmb, moe=moe)
+  return ClassifierModel(ClassifierConfig(vit, num_classes=7), image_size=12)
+
+
+def test_packed_images_route_separately_and_report_metrics():
+  """Three images packed in one row (with padding) pool to what each gives alone, so the MoE
+  routed each within itself; the classifier's loss_fn returns the routing diagnostics."""
+  from test_navit_packed import K, ROWS, _images, _pooled_and_logits, _random_params, pack
+  model = _packed_classifier(max_images_per_row=K)
+  params = _random_params(model)
+  images = _images()
+  batch = pack(ROWS[:1], images, np.arange(len(images)) % 7)
+  keys = ("patches", "image_ids", "ys", "xs", "grid_sizes")
+
+  def encode_packed(module, *inputs):
+    return module.vit.encode_packed(*inputs)[0]
+
+  pooled = jax.jit(lambda p: model.module.apply({"params": p}, *(batch[k] for k in keys),
+                                                method=encode_packed))(params)
+  plain = jax.jit(lambda p, x: model.module.apply({"params": p}, x,
+                                                  method=_pooled_and_logits)[0])
+  for slot, (index, _) in enumerate(ROWS[0]):
+    np.testing.assert_allclose(pooled[0, slot], plain(params, images[index][None])[0],
+                               atol=1e-5, err_msg=f"image {index}")
+  _, metrics = jax.jit(model.loss_fn)(params, batch, None)
+  assert {"moe/dispatch_max", "moe/combine_min", "moe/similarity_mean", "moe/scale",
+          "moe/dispatch_max/layer0", "moe/unrouted_tokens"} <= set(metrics)
+  assert metrics["moe/unrouted_tokens"] == 0
+  # Rows of K images need max_images_per_row >= K: the third image is reported, not hidden.
+  _, short = jax.jit(_packed_classifier(max_images_per_row=2).loss_fn)(params, batch, None)
+  third = (batch["image_ids"] == 3).sum() / (batch["image_ids"] > 0).sum()
+  np.testing.assert_allclose(short["moe/unrouted_tokens"], third, rtol=1e-6)
+
+
+def test_dense_classifier_reports_no_moe_metrics():
+  from test_navit_packed import _random_params
+  model = _packed_classifier(max_images_per_row=1)
+  dense = type(model)(dataclasses.replace(model.config, vit=dataclasses.replace(
+      model.config.vit, moe=None)), image_size=12)
+  params = _random_params(dense)
+  batch = {"images": np.zeros((2, 12, 12, 3), np.float32), "labels": np.array([0, 1])}
+  _, metrics = jax.jit(dense.loss_fn)(params, batch, None)
+  assert metrics and not any(k.startswith("moe/") for k in metrics)
