@@ -161,13 +161,15 @@ def create_app(engine: DecodeEngine, limits: Limits, scheduler: Scheduler) -> St
     finally:
       await run_in_threadpool(scheduler.stop)
 
-  return Starlette(
+  app = Starlette(
       routes=[Route("/", page), Route("/api/info", info),
               Route("/api/complete", complete, methods=["POST"]),
               Route("/api/stream", stream, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")],
       exception_handlers={RequestError: request_error, HTTPException: http_error},
       lifespan=lifespan)
+  app.state.engine, app.state.scheduler = engine, scheduler  # for benchmarks and inspection
+  return app
 
 
 def _sse(event: str, data) -> str:

@@ -94,7 +94,10 @@ class Client:
           if event == "error":
             raise ServerError(payload["status"], payload["error"])
           yield event, payload
-          if event == "done":
+          if event == "done":  # the last event: the server closes the stream after it
+            rest = response.read().strip()
+            if rest:
+              raise ServerError(200, f"the stream went on after its done event: {rest[:200]!r}")
             return
           event, data = None, []
     finally:

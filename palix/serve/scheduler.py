@@ -83,10 +83,16 @@ class Job:
   deadline: float
   arrived: float = dataclasses.field(default_factory=time.monotonic)
   cancelled: bool = False
+  finished: bool = False  # its Done or Failed event was sent
 
   def cancel(self):
     """The client went away: the decode thread drops the row at its next step."""
     self.cancelled = True
+
+  def finish(self, event) -> None:
+    """Sends the last event (Done or Failed)."""
+    self.finished = True
+    self.emit(event)
 
 
 class QueueFull(Exception):
@@ -131,6 +137,8 @@ class Scheduler:
 
   # --- the decode thread --------------------------------------------------------------------
   def start(self) -> None:
+    """Starts the decode thread (again after ``stop``: the app may be served more than once)."""
+    self._stopping = False
     self._thread = threading.Thread(target=self._loop, name="palix-decode", daemon=True)
     self._thread.start()
 
@@ -141,7 +149,7 @@ class Scheduler:
       waiting, self._queue = list(self._queue), collections.deque()
       self._cond.notify_all()
     for job in waiting:
-      job.emit(Failed(503, "the server is shutting down"))
+      job.finish(Failed(503, "the server is shutting down"))
     if self._thread is not None:
       self._thread.join(timeout)
 
@@ -155,8 +163,8 @@ class Scheduler:
       except Exception as e:  # pylint: disable=broad-except  # keep serving the next requests
         log.exception("decode failed")
         for job in group:
-          if not job.cancelled:
-            job.emit(Failed(500, f"decoding failed: {type(e).__name__}: {e}"))
+          if not job.cancelled and not job.finished:
+            job.finish(Failed(500, f"decoding failed: {type(e).__name__}: {e}"))
 
   def _next_group(self) -> Optional[List[Job]]:
     """Waits for a request; returns it with the compatible queued ones (None when stopping)."""
@@ -182,7 +190,7 @@ class Scheduler:
       if job.cancelled:
         continue
       if now > job.deadline:
-        job.emit(Failed(504, self._timeout_message(job, now)))
+        job.finish(Failed(504, self._timeout_message(job, now)))
       else:
         live.append(job)
     return live
@@ -211,14 +219,14 @@ class Scheduler:
           if job.cancelled:
             active.discard(row)
           elif now > job.deadline:
-            job.emit(Failed(504, self._timeout_message(job, now)))
+            job.finish(Failed(504, self._timeout_message(job, now)))
             active.discard(row)
           else:
             delta = answer.add(token)
             if token not in (0, eos_id):
               job.emit(Token(token, delta, answer.text))
             if answer.finished:
-              job.emit(self._done(job, answer, len(group), start, now))
+              job.finish(self._done(job, answer, len(group), start, now))
               active.discard(row)
         if not active:
           break
@@ -226,7 +234,8 @@ class Scheduler:
       steps.close()
     for row in active:  # the decoder ran out of cache before the row finished: not expected,
       # since max_new_tokens <= the cache length, but a row must never be left without an answer
-      group[row].emit(self._done(group[row], answers[row], len(group), start, time.monotonic()))
+      group[row].finish(self._done(group[row], answers[row], len(group), start,
+                                   time.monotonic()))
 
   @staticmethod
   def _done(job: Job, answer: Answer, batch_size: int, start: float, now: float) -> Done:

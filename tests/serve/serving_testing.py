@@ -59,6 +59,11 @@ DETECT_ANSWER = ("<loc0100><loc0200><loc0500><loc0600> cat ; "
                  "<loc0300><loc0050><loc0900><loc0400> dog")
 
 
+# The limits of the shared test server: small enough to exceed in a test.
+TEST_LIMITS = Limits(max_request_bytes=200_000, max_image_bytes=20_000, max_image_side=128,
+                     max_prompt_chars=60)
+
+
 def tiny_model() -> PaliXModel:
   vit = ViTConfig(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=IMG,
                   block=ParallelBlock)

@@ -10,21 +10,8 @@ import numpy as np
 import pytest
 
 from palix.serve import client as client_lib
-from palix.serve.limits import Limits
-from palix.serve.scheduler import Batching
 
-from serving_testing import MAX_TARGET, random_images, running_server
-
-LIMITS = Limits(max_request_bytes=200_000, max_image_bytes=20_000, max_image_side=128,
-                max_prompt_chars=60)
-
-
-@pytest.fixture(scope="module")
-def server(generator):
-  # batch_wait_s lets requests sent together land in one decode even on a loaded machine.
-  with running_server(generator, LIMITS, Batching(batch_sizes=(1, 4), batch_wait_s=0.3)) as url:
-    yield client_lib.Client(url, timeout=120)
-
+from serving_testing import MAX_TARGET, random_images
 
 def _request(images, prompt, examples=(), **options):
   return dict(images=[client_lib.image_data_url(i) for i in images], prompt=prompt,
@@ -54,7 +41,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, ge
   cases = []
   for i, (image, prompt) in enumerate(zip(images, prompts)):
     examples = [(shot, "name en", "red")] if i % 3 == 0 else []
-    cases.append(((image,), prompt, examples, 5 if i % 4 == 1 else MAX_TARGET))
+    cases.append(((image,), prompt, examples, 8 if i % 4 == 1 else MAX_TARGET))
   barrier = threading.Barrier(len(cases))
 
   def send(i):

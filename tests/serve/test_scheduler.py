@@ -26,7 +26,7 @@ class ScriptedEngine:
   how many steps were taken from it."""
 
   SCRIPT = {"one": [11, 12, EOS], "two": [21, 22, 23, 24, 25, EOS], "long": list(range(30, 38)),
-            "boom": []}
+            "boom": [], "breaks": list(range(40, 48))}
   max_batch_size = 4
   batch_sizes = (4,)
   model = types.SimpleNamespace(eos_id=EOS, num_images=1, image_size=8, max_input_len=8,
@@ -52,6 +52,8 @@ class ScriptedEngine:
       raise RuntimeError("the accelerator caught fire")
     scripts = [self.SCRIPT[p] + [0] * 8 for p in prompts]
     for step in range(8):
+      if step == 4 and "breaks" in prompts:
+        raise RuntimeError("lost the device")
       record[1] += 1
       yield np.array([s[step] for s in scripts])
       if all(EOS in s[:step + 1] for s in scripts):
@@ -181,6 +183,21 @@ def test_a_failed_decode_fails_its_rows_and_the_thread_keeps_serving(engine):
   assert boom[1].events[-1] == Failed(500, "decoding failed: RuntimeError: the accelerator "
                                             "caught fire")
   assert ok[1].events[-1].result["tokens"] == [11, 12]
+  # A decode that fails part-way: rows that already finished keep their answer, alone.
+  engine.gate.clear()
+  scheduler = _scheduler(engine)
+  try:
+    blocker = _submit(scheduler, "one", temperature=0.5, seed=1)
+    while len(engine.decodes) < 3:
+      time.sleep(0.001)
+    finished, broken = _submit(scheduler, "one"), _submit(scheduler, "breaks")
+    engine.gate.set()
+    assert all(c.finished.wait(10) for _, c in (blocker, finished, broken))
+  finally:
+    scheduler.stop()
+  assert engine.decodes[-1][0] == ["one", "breaks"]
+  assert [type(e) for e in finished[1].events] == [Token, Token, Done]
+  assert broken[1].events[-1] == Failed(500, "decoding failed: RuntimeError: lost the device")
 
 
 def test_stop_fails_the_queued_requests(engine):
@@ -250,3 +267,16 @@ def test_busy_and_late_requests_over_http(engine):
     streamer.join(10)
     assert isinstance(events[-1], client_lib.ServerError) and events[-1].status == 504
     assert client.complete(json.loads(_body("one")))["tokens"] == [11, 12]  # still serving
+
+
+def test_a_stopped_scheduler_starts_again(engine):
+  """An app served twice (the load test serves each app once per repeat) restarts its thread."""
+  scheduler = _scheduler(engine)
+  assert _submit(scheduler, "one")[1].finished.wait(10)
+  scheduler.stop()
+  scheduler.start()
+  try:
+    _, collector = _submit(scheduler, "two")
+    assert collector.finished.wait(10) and collector.events[-1].result["tokens"][0] == 21
+  finally:
+    scheduler.stop()
