@@ -20,8 +20,22 @@ and fills the last batch with padding rows (``image_mask`` 0).
 Images are resized to ``image_size x image_size``: ``resize_mode='stretch'`` scales each axis,
 ``'pad'`` keeps the aspect ratio and pads with black. On the ``train`` split tasks with
 ``flip=True`` flip images left-right with probability 1/2 (seeded per example).
+
+With ``packing`` (NaViT, ``palix.tasks.packing.PackingOptions``) images keep their aspect ratio
+and (up to ``Resolution.max_side``) their size: each becomes a patch sequence
+(``palix.tasks.image_patches``: resolution sampling and token dropping in training streams) and
+the sequences are packed into ``batch_size`` rows of ``seq_len`` tokens with up to
+``max_images`` images each. A batch is then the packed arrays of ``palix.tasks.packing`` with
+``labels`` ``[B, K]``. The step's images are fixed by the schedule (a window of
+``round(images_per_row * batch_size)`` examples per step and shard, positions as above) and
+packed by ``packing.WindowPacker``: images that do not fit their step are carried over to the
+next one, then trimmed to a gap or dropped; ``packing_stats`` counts all three. Step ``k`` depends on windows ``k - 1``
+and ``k`` only, so ``start_step`` still resumes exactly (reading one extra window). A finite pass
+(``repeat=False``) packs every example exactly once (no drops, no sampling, no token dropping)
+and pads nothing else.
 """
 
+import logging
 from typing import Dict, Iterator, Mapping, Optional
 
 import numpy as np
@@ -30,6 +44,8 @@ import tensorflow as tf
 from palix.tasks import class_tasks
 from palix.tasks import dataset
 from palix.tasks import image_ops
+from palix.tasks import image_patches
+from palix.tasks import packing as packing_lib
 from palix.tasks import schedule as schedule_lib
 from palix.tasks import tf_setup
 from palix.tasks.sources import base
@@ -60,19 +76,24 @@ def load_example(task: class_tasks.ClassTask, split: str, index: int):
 
 def example_stream(task: class_tasks.ClassTask, *, split: str, rows: int, seed: int,
                    shuffle: bool, repeat: bool, start_step: int, shard_index: int,
-                   num_shards: int) -> tf.data.Dataset:
+                   num_shards: int, max_examples: Optional[int] = None) -> tf.data.Dataset:
   """Raw examples in stream order: ``{pixels, label, index, seed, real, augment}``.
 
   ``rows`` examples per step and shard; position ``p`` of the global stream is row ``i`` of step
   ``j`` on shard ``s`` when ``p = (j * num_shards + s) * rows + i``. Past the end of a finite
   stream (``repeat=False``, up to the end of the last step) examples are padding (``real``
-  False, a 1x1 black image).
+  False, a 1x1 black image). ``max_examples`` limits a finite stream to the split's first
+  examples (by index).
   """
   tf_setup.configure_tensorflow()
   if rows < 1 or num_shards < 1 or not 0 <= shard_index < num_shards or start_step < 0:
     raise ValueError(f"need batch_size >= 1, num_shards >= 1, 0 <= shard_index < num_shards and "
                      f"start_step >= 0; got {rows}, {num_shards}, {shard_index}, {start_step}")
   size = task.source.num_examples(split)
+  if max_examples is not None:
+    if repeat or max_examples < 1:
+      raise ValueError(f"max_examples={max_examples} needs repeat=False and a positive count")
+    size = min(size, max_examples)
   schedule = schedule_lib.Schedule([(f"{task.name}:{split}", size)], [1.0], seed=seed,
                                    shuffle=shuffle, repeat=repeat)
   per_step = tf.constant(rows, tf.int64)
@@ -119,11 +140,60 @@ def _square_image(example, *, image_size: int, resize_mode: str, flip: bool):
           "image_mask": tf.cast(example["real"], tf.int32)}
 
 
+def _flip_flag(example, flip: bool):
+  if not flip:
+    return None
+  flip_seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)
+  return tf.logical_and(example["augment"], tf.random.stateless_uniform([], flip_seed) < 0.5)
+
+
+def _sequence(example, *, options: packing_lib.PackingOptions, training: bool, flip: bool):
+  seed = tf.random.experimental.stateless_fold_in(example["seed"], 2)
+  out = image_patches.patch_sequence(example["pixels"], options=options, training=training,
+                                     seed=seed, flip=_flip_flag(example, flip))
+  out.update(label=example["label"], index=example["index"])
+  return out
+
+
+def _windows(windows, task_name: str, split: str):
+  """Padded windows (numpy) -> lists of ``PatchedImage``."""
+  for window in windows:
+    images = []
+    for i, count in enumerate(window["num_tokens"]):
+      images.append(packing_lib.PatchedImage(
+          patches=window["patches"][i, :count], ys=window["ys"][i, :count],
+          xs=window["xs"][i, :count], grid=tuple(int(g) for g in window["grid"][i]),
+          features={"labels": window["label"][i]},
+          record_id=record_id(task_name, split, int(window["index"][i]))))
+    yield images
+
+
+def _packed_batches(windows, packer: packing_lib.WindowPacker, options, *, training: bool,
+                    resumed: bool):
+  pack = lambda rows: packing_lib.pack_rows(
+      rows, seq_len=options.seq_len, max_images=options.max_images,
+      patch_dim=options.patch_size ** 2 * 3, feature_dtypes={"labels": np.int32})
+  carried = []
+  if resumed:  # the stream starts one window early: rebuild the carry-over of the last step
+    carried = packer.leftover(next(windows))
+  for window in windows:
+    rows, carried = packer.step(window, carried)
+    yield pack(rows)
+    if packer.stats.steps % 100 == 0:
+      logging.info("%s", packer.stats.summary())
+  if not training:
+    for rows in packer.flush(carried):
+      yield pack(rows)
+
+
 def get_class_batches(task_name: str, *, split: str, batch_size: int,
                       feature_lengths: Optional[Mapping[str, int]] = None, image_size: int = 224,
                       resize_mode: str = "stretch", seed: int = 0, shuffle: bool = True,
                       repeat: bool = True, start_step: int = 0, shard_index: int = 0,
-                      num_shards: int = 1) -> Iterator[Dict[str, np.ndarray]]:
+                      num_shards: int = 1, max_examples: Optional[int] = None,
+                      packing: Optional[packing_lib.PackingOptions] = None,
+                      packing_stats: Optional[packing_lib.PackingStats] = None
+                      ) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of a classification task (see the module docstring).
 
   Args:
@@ -136,14 +206,24 @@ def get_class_batches(task_name: str, *, split: str, batch_size: int,
     resize_mode: ``stretch`` or ``pad`` (``palix.tasks.image_ops.resize``).
     seed: shuffling and augmentation.
     shuffle, repeat, start_step, shard_index, num_shards: as in ``dataset.get_batches``.
+    max_examples: a finite pass (``repeat=False``) over the split's first ``max_examples``
+      examples only.
+    packing: pack images at their own size and aspect ratio (see the module docstring);
+      ``image_size`` and ``resize_mode`` then do not apply.
+    packing_stats: a ``PackingStats`` to count into (placed, carried over, dropped, fill).
   """
   del feature_lengths
   if resize_mode not in image_ops.RESIZE_MODES:
     raise ValueError(f"resize_mode must be one of {image_ops.RESIZE_MODES}; got {resize_mode!r}")
   task = class_tasks.get_class_task(task_name)
+  if packing is not None:
+    return _get_packed_batches(task, split=split, rows=batch_size, seed=seed, shuffle=shuffle,
+                               repeat=repeat, start_step=start_step, shard_index=shard_index,
+                               num_shards=num_shards, max_examples=max_examples,
+                               options=packing, stats=packing_stats)
   examples = example_stream(task, split=split, rows=batch_size, seed=seed, shuffle=shuffle,
                             repeat=repeat, start_step=start_step, shard_index=shard_index,
-                            num_shards=num_shards)
+                            num_shards=num_shards, max_examples=max_examples)
   square = lambda ex: _square_image(ex, image_size=image_size, resize_mode=resize_mode,
                                     flip=task.flip)
   batches = examples.map(tf.autograph.experimental.do_not_convert(square),
@@ -153,3 +233,38 @@ def get_class_batches(task_name: str, *, split: str, batch_size: int,
   options.deterministic = True
   # dataset's iterator: clean DataError messages, and closed at exit (numpy_function threads).
   return dataset._numpy_batches(batches.with_options(options))  # pylint: disable=protected-access
+
+
+def _get_packed_batches(task: class_tasks.ClassTask, *, split: str, rows: int, seed: int,
+                        shuffle: bool, repeat: bool, start_step: int, shard_index: int,
+                        num_shards: int, max_examples: Optional[int],
+                        options: packing_lib.PackingOptions,
+                        stats: Optional[packing_lib.PackingStats]):
+  options.check()
+  if not repeat and start_step:
+    raise ValueError("a finite packed pass (repeat=False) packs every example once from the "
+                     "start; start_step must be 0")
+  if not repeat and num_shards > 1:
+    raise ValueError("a finite packed pass (repeat=False) runs in one process: shards would "
+                     "yield different numbers of packed steps")
+  training = repeat and split in AUGMENT_SPLITS
+  window = options.window(rows)
+  resumed = repeat and start_step > 0
+  examples = example_stream(task, split=split, rows=window, seed=seed, shuffle=shuffle,
+                            repeat=repeat, start_step=start_step - 1 if resumed else start_step,
+                            shard_index=shard_index, num_shards=num_shards,
+                            max_examples=max_examples)
+  plain = tf.autograph.experimental.do_not_convert
+  examples = examples.filter(plain(lambda ex: ex["real"]))
+  sequences = examples.map(
+      plain(lambda ex: _sequence(ex, options=options, training=training, flip=task.flip)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  windows = sequences.padded_batch(window, drop_remainder=False).prefetch(2)
+  data_options = tf.data.Options()
+  data_options.deterministic = True
+  arrays = dataset._numpy_batches(windows.with_options(data_options))  # pylint: disable=protected-access
+  packer = packing_lib.WindowPacker(
+      rows=rows, seq_len=options.seq_len, max_images=options.max_images, stats=stats,
+      carry_all=not repeat, min_kept_share=options.min_kept_share if training else None)
+  return _packed_batches(_windows(arrays, task.name, split), packer, options, training=training,
+                         resumed=resumed)

@@ -7,16 +7,27 @@
 do), and its options in the model file::
 
   class_data.class_batches.image_size = %IMAGE_SIZE
+
+NaViT's packed batches: ``class_data.class_batches.packing = @packing.PackingOptions()``, with
+``packing.PackingOptions``, ``packing.Resolution`` and ``packing.TokenDropping`` (the plain
+dataclasses of ``palix.tasks.packing``, TensorFlow-free) configurable here.
 """
 
+from typing import Optional
+
 import gin
+
+from palix.tasks import packing as packing_lib
+
+for _options in (packing_lib.PackingOptions, packing_lib.Resolution, packing_lib.TokenDropping):
+  gin.external_configurable(_options, module="packing")
 
 
 @gin.configurable
 def class_batches(task_name: str, *, image_size: int = 224, resize_mode: str = "stretch",
-                  **kwargs):
-  """``palix.tasks.class_batches.get_class_batches`` with gin-bound ``image_size`` and
-  ``resize_mode`` (``stretch`` or ``pad``)."""
+                  packing: Optional[packing_lib.PackingOptions] = None, **kwargs):
+  """``palix.tasks.class_batches.get_class_batches`` with gin-bound ``image_size``,
+  ``resize_mode`` (``stretch`` or ``pad``) and ``packing`` (None: square images)."""
   from palix.tasks import class_batches as class_batches_lib  # pylint: disable=g-import-not-at-top
   return class_batches_lib.get_class_batches(task_name, image_size=image_size,
-                                             resize_mode=resize_mode, **kwargs)
+                                             resize_mode=resize_mode, packing=packing, **kwargs)
