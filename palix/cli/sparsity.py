@@ -141,7 +141,7 @@ def _bootstrap(args, s, n, d, loss):
     return
   v = np.array(vectors)
   lo, mid, hi = np.percentile(v, [5, 50, 95], axis=0)
-  print(f"bootstrap ({len(v)} of {args.bootstrap} resamples converged): median [5%, 95%]")
+  print(f"bootstrap ({len(v)} of {args.bootstrap} resamples fitted): median [5%, 95%]")
   for k, a, b, m in zip(law_lib.NAMES, lo, hi, mid):
     print(f"  {k}: {m:.4g} [{a:.4g}, {b:.4g}]")
 
