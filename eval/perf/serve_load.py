@@ -15,8 +15,8 @@ and the mean number of requests per decode; and, without HTTP, the decoder alone
 requests decoded one by one vs as one batch of 8 (the most batching can give).
 
 Usage: ``python -m palix.eval.perf.serve_load [--requests 64] [--clients 8] [--repeats 2]
-[--output docs/results/serve_load.json] [--tiny]``. Bounded: each request times out after ``--timeout``
-seconds and the whole run stops after ``--max-seconds``.
+[--output docs/results/serve_load.json] [--tiny]``. Bounded: each request times out after
+``--timeout`` seconds and the whole run stops after ``--max-seconds``.
 """
 
 import argparse

@@ -223,7 +223,7 @@ class Scheduler:
             active.discard(row)
           else:
             delta = answer.add(token)
-            if token not in (0, eos_id):
+            if delta is not None:  # the token joined the answer (not EOS or padding)
               job.emit(Token(token, delta, answer.text))
             if answer.finished:
               job.finish(self._done(job, answer, len(group), start, now))

@@ -29,8 +29,8 @@ def test_a_detection_answer_streams_its_text_and_parses_its_boxes(processor):
   ids = processor.encode(DETECT_ANSWER)
   answer = Answer(processor.decode, eos_id=1, max_new_tokens=len(ids) + 1)
   deltas = _feed(answer, ids + [1, 0, 0])
-  assert "".join(deltas) == DETECT_ANSWER == answer.text
-  assert answer.ended and not answer.truncated and answer.steps == len(ids) + 1
+  assert deltas[-1] is None and "".join(deltas[:-1]) == DETECT_ANSWER == answer.text
+  assert answer.finished and not answer.truncated and answer.row == ids + [1]
   result = answer.result()
   assert result["tokens"] == ids and result["text"] == DETECT_ANSWER
   # Bins (100, 200, 500, 600) and (300, 50, 900, 400) over 1023, as loc_tokens.dequantize.
@@ -43,14 +43,17 @@ def test_a_detection_answer_streams_its_text_and_parses_its_boxes(processor):
       (b["label"], (b["ymin"], b["xmin"], b["ymax"], b["xmax"])) for b in result["boxes"]]
 
 
-def test_max_new_tokens_truncates_and_pads_are_dropped(processor):
+def test_max_new_tokens_truncates_and_eos_or_padding_ends_the_answer(processor):
   ids = processor.encode("a red circle")
   answer = Answer(processor.decode, eos_id=1, max_new_tokens=3)
-  _feed(answer, [ids[0], 0, ids[1], ids[2]])
-  assert answer.finished and answer.truncated and not answer.ended
-  assert answer.tokens == [ids[0], ids[1]] and answer.steps == 3  # the pad counts as a step
+  _feed(answer, ids)
+  assert answer.finished and answer.truncated and answer.tokens == ids[:3]
   with pytest.raises(ValueError, match="finished"):
-    answer.add(ids[2])
+    answer.add(ids[0])
+  for end in (1, 0):  # EOS, or padding (what the decoders write after EOS), ends it early
+    answer = Answer(processor.decode, eos_id=1, max_new_tokens=3)
+    assert _feed(answer, [ids[0], end, ids[1]]) == ["a", None]
+    assert answer.finished and not answer.truncated and answer.tokens == [ids[0]]
 
 
 def test_text_is_the_generators_detokenization_also_beyond_the_vocabulary():
@@ -60,4 +63,4 @@ def test_text_is_the_generators_detokenization_also_beyond_the_vocabulary():
   answer = Answer(generator.detokenize, eos_id=1, max_new_tokens=10)
   deltas = _feed(answer, ids + [1])
   assert answer.text == generator.detokenize(ids) and answer.text.startswith("red")
-  assert "".join(deltas) == answer.text and answer.tokens == ids
+  assert "".join(deltas[:-1]) == answer.text and answer.tokens == ids
