@@ -4,7 +4,8 @@ import os
 
 
 def quiet_tensorflow_logs() -> None:
-  """Hide TF's C++ info/warning spam; effective only before TensorFlow is first imported."""
+  """Hide TF's C++ info/warning spam; effective only before TensorFlow is first imported. The
+  ``palix`` command sets its own level first (``palix.cli.console``; ``--verbose`` keeps them)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

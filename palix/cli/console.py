@@ -1,7 +1,7 @@
 """What a ``palix`` command shows on the console: its own output, and an error as one line.
 
-``quiet_libraries`` runs before any subcommand imports JAX or TensorFlow: on a CPU machine their
-C++ start-up lines (``Could not find cuda drivers``, ``failed call to cuInit``, oneDNN notes,
+``configure_library_logs`` runs before any subcommand imports JAX or TensorFlow: on a CPU machine
+their C++ start-up lines (``Could not find cuda drivers``, ``failed call to cuInit``, oneDNN notes,
 ``Local rendezvous is aborting`` after a data error) are not palix's output. ``--verbose`` (or
 ``--debug``) keeps them.
 
@@ -36,15 +36,18 @@ def pop_global_flags(argv: List[str]) -> Tuple[List[str], bool, bool]:
   return [a for a in argv if a not in GLOBAL_FLAGS], debug, verbose
 
 
-def quiet_libraries() -> None:
-  """Hides TensorFlow's and XLA's C++ logs; call before they are imported.
+def configure_library_logs(verbose: bool) -> None:
+  """Hides TensorFlow's and XLA's C++ logs unless ``verbose``; call before they are imported.
 
-  ``TF_CPP_MIN_LOG_LEVEL`` (read by TensorFlow and XLA) hides their runtime logs unless the
-  environment already sets it. The lines TensorFlow's libraries print while they load come before
-  any log level applies, so the first ``import tensorflow`` runs with stderr pointed at
-  /dev/null (Python errors of the import still propagate as exceptions).
+  ``TF_CPP_MIN_LOG_LEVEL`` (read by TensorFlow and XLA; 3: fatal only, 0: everything) is set
+  unless the environment already sets it, so the data layer's own default
+  (``palix.tasks.tf_setup``) does not apply. The lines TensorFlow's libraries print while they load
+  come before any log level applies, so when quiet, the first ``import tensorflow`` runs with
+  stderr pointed at /dev/null (Python errors of the import still propagate as exceptions).
   """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+  if verbose:
+    return
   if "tensorflow" not in sys.modules and not any(
       isinstance(f, _QuietImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietImport("tensorflow"))

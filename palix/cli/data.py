@@ -92,7 +92,5 @@ def run(argv):
                      "training stream)")
   _add_common(shown)
   args = parser.parse_args(argv)
-  from palix.tasks import tf_setup  # pylint: disable=g-import-not-at-top
-  tf_setup.quiet_tensorflow_logs()
   palix_config.import_modules(args.module, parser)
   return _list(args) if args.action == "list" else _show(args)

@@ -32,8 +32,7 @@ def main(argv=None):
   """
   owns_process = argv is None
   argv, debug, verbose = console.pop_global_flags(list(sys.argv[1:] if argv is None else argv))
-  if not verbose:
-    console.quiet_libraries()  # before any subcommand imports TensorFlow or JAX
+  console.configure_library_logs(verbose)  # before any subcommand imports TensorFlow or JAX
   parser = argparse.ArgumentParser(
       prog="palix", description="PaLI-X-style models in JAX/Flax",
       epilog="every command also takes " + ", ".join(

@@ -43,8 +43,6 @@ def run(argv):
                      help="examples read per generated task (0: all); they render pixels "
                      "to get text")
   args = parser.parse_args(argv)
-  from palix.tasks import tf_setup  # pylint: disable=g-import-not-at-top
-  tf_setup.quiet_tensorflow_logs()
   from palix.tasks import vocabulary  # pylint: disable=g-import-not-at-top
   names = [n.strip() for n in args.tasks.split(",") if n.strip()]
   lines = corpus_lines(names, args.split, args.max_examples_per_task or None)

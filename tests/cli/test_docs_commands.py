@@ -7,7 +7,8 @@ How, by subcommand (kept cheap: one process, about a minute on 2 cores):
   the job itself (the jobs have their own tests);
 * ``params`` and ``data``: run as written (output files go to a temporary folder);
 * the commands in ``COVERED_ELSEWHERE`` need files an earlier step makes or take minutes; the test
-  named there runs them (this test checks that it exists and runs that subcommand).
+  named there runs them (this test checks that it exists and runs that subcommand);
+* another subcommand (a new one) must be run by some test through ``palix.cli.main``.
 
 A line ``palix CMD: ...`` is printed output, not a command. The quickstart's own-data section is
 replayed in a temporary folder: its shell blocks that write files run first (the data,
@@ -85,10 +86,18 @@ def doc_commands():
   return cases
 
 
-def _covered_elsewhere(doc, line):
+def _covered_elsewhere(doc, line, command):
   for (name, pattern), test in COVERED_ELSEWHERE.items():
     if name == doc and re.search(pattern, line):
       return test
+  if command in DRY_RUN + RUN:
+    return None
+  markers = (f'main(["{command}"', f'"palix.cli.main", "{command}"')
+  for test in sorted((REPO / "tests").rglob("test_*.py")):
+    text = test.read_text(encoding="utf-8")
+    marker = next((m for m in markers if m in text), None)
+    if marker:
+      return str(test.relative_to(REPO)), marker
   return None
 
 
@@ -111,8 +120,8 @@ def check_command(args, tmp_path, capsys):
   """Runs one documented command as this module's docstring says; returns its stdout."""
   command = args[0]
   assert command in cli_main.SUBCOMMANDS, f"unknown subcommand {command!r}"
-  assert command in DRY_RUN + RUN, (f"no check for `palix {command}`: add it to DRY_RUN, RUN or "
-                                    "COVERED_ELSEWHERE in tests/cli/test_docs_commands.py")
+  assert command in DRY_RUN + RUN, (f"no test runs `palix {command}`: add one, or map the command "
+                                    "in COVERED_ELSEWHERE of tests/cli/test_docs_commands.py")
   gin.clear_config()
   try:
     if command in DRY_RUN:
@@ -131,7 +140,7 @@ def check_command(args, tmp_path, capsys):
 
 @pytest.mark.parametrize("doc, line, args", doc_commands())
 def test_documented_command(doc, line, args, tmp_path, monkeypatch, capsys):
-  covered_by = _covered_elsewhere(doc, line)
+  covered_by = _covered_elsewhere(doc, line, args[0])
   if covered_by:
     test, marker = covered_by
     assert (REPO / test).is_file(), f"{line!r}: {test} does not exist"

@@ -13,8 +13,10 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -231,3 +233,37 @@ def test_a_bad_value_in_a_configurable_is_one_line_and_debug_adds_the_traceback(
   debug = palix("train", *flags, *bad, "--debug", cwd=folder)
   assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
   assert debug.stderr.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.slow  # imports TensorFlow twice
+def test_verbose_keeps_the_libraries_log_lines(data_folder):
+  quiet = palix("data", "list", "--module=my_tasks", cwd=data_folder)
+  assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-3000:]
+  verbose = palix("data", "list", "--module=my_tasks", "--verbose", cwd=data_folder)
+  assert verbose.returncode == 0
+  assert re.search(r"^[IWE]\d{4} ", verbose.stderr, re.M), verbose.stderr  # TF's C++ log lines
+  assert verbose.stdout == quiet.stdout
+
+
+@pytest.mark.slow  # a training run of a few seconds
+def test_ctrl_c_during_training_exits_with_130_after_one_line(trained):
+  folder, flags = trained
+  flags = [f for f in flags if not f.startswith(("--gin.MODEL_DIR", "--gin.TRAIN_STEPS"))]
+  process = subprocess.Popen(
+      [sys.executable, "-m", "palix.cli.main", "train", *flags, "--gin.MODEL_DIR='interrupted'",
+       "--gin.TRAIN_STEPS=1000", "--gin.synthetic_data.synthetic_batches.seconds_per_batch=0.2",
+       "--gin.trainer.train.checkpoint_period=2"],
+      cwd=folder, env=_env(), stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while not (folder / "interrupted" / "checkpoints" / "2").is_dir():
+      assert process.poll() is None and time.time() < deadline
+      time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == "palix train: interrupted"
+  assert (folder / "interrupted" / "checkpoints" / "2").is_dir()  # kept for the resume
