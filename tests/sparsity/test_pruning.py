@@ -196,3 +196,25 @@ def test_paper_defaults_on_palix_models(model_gin):
       assert targets[path][0] == pytest.approx(0.5 if embedding else 0.75), path
   if "t5" in model_gin:
     assert targets["token_embedder/embedding"][0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("base", [optimizers.adamw, _adafactor], ids=["adamw", "adafactor"])
+def test_gradients_of_pruned_entries_do_not_leak(base):
+  """After pruning, what the gradient says about pruned entries changes nothing: not the clipping
+  norm, not Adam's moments, not Adafactor's factored statistics, not any update."""
+  opt = optimizers.Optimizer(learning_rate_fn=schedules.constant(0.05), base=base,
+                             clip_grad_norm=1.0, sparsity=sparsity.Pruning(sparsity=0.5))
+  tx = opt.make()
+  update = jax.jit(tx.update)
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.1), params)
+  updates, state = update(grads, tx.init(params), params)  # t = 0: one-shot masks
+  params = optax.apply_updates(params, updates)
+  masks = state.masks
+  noisy = jax.tree.map(
+      lambda g, m: g if isinstance(m, optax.MaskedNode) else jnp.where(m, g, 1e6), grads, masks)
+  clean_updates, clean_state = update(grads, state, params)
+  noisy_updates, noisy_state = update(noisy, state, params)
+  for a, b in zip(jax.tree.leaves((clean_updates, clean_state)),
+                  jax.tree.leaves((noisy_updates, noisy_state))):
+    np.testing.assert_array_equal(a, b)
