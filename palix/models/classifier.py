@@ -2,7 +2,7 @@
 
 ``ImageClassifier`` is the Flax module; ``ClassifierModel`` implements the model contract
 (``palix.models.base``) so that ``palix train`` trains it and ``palix infer`` with
-``runs/eval.gin`` evaluates it. The ViT is any ``ViTConfig`` whose ``pool`` is
+``runs/eval_teacher_forced.gin`` evaluates it. The ViT is any ``ViTConfig`` whose ``pool`` is
 ``GlobalAveragePool`` or ``MAPHead`` (one vector per image); everything else about it (blocks,
 patch and position embeddings, an MoE MLP) is chosen by gin, which is how Soft MoE, sparsity and
 AdaTape experiments reuse this model.
