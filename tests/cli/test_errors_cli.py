@@ -103,8 +103,10 @@ def data_folder(tmp_path_factory):
   return folder
 
 
-def _train_on_my_data(folder, *extra):
-  return palix("train", "--module=my_tasks", "--gin_file=runs/pretrain.gin",
+def _train_on_my_data(folder, *extra, module=True):
+  """``palix train`` of the experiment; without ``module``, TensorFlow is never imported (for
+  cases that fail while parsing the flags)."""
+  return palix("train", *(["--module=my_tasks"] if module else []), "--gin_file=runs/pretrain.gin",
                "--gin_file=my_experiment.gin", *extra, cwd=folder)
 
 
@@ -131,7 +133,7 @@ def test_overlong_examples_never_hang(data_folder, task):
 
 
 def test_a_string_without_inner_quotes_gets_the_quoting_hint(data_folder):
-  result = _train_on_my_data(data_folder, "--gin.MODEL_DIR=out/x")
+  result = _train_on_my_data(data_folder, "--gin.MODEL_DIR=out/x", module=False)
   assert error_line(result, 2) == (
       "palix train: error: --gin.MODEL_DIR=out/x: 'out/x' is not a gin value (Failed to parse "
       "token 'out'); a string needs quotes inside the shell's quotes: --gin.MODEL_DIR=\"'out/x'\"")
@@ -139,7 +141,7 @@ def test_a_string_without_inner_quotes_gets_the_quoting_hint(data_folder):
 
 def test_flags_that_nothing_reads_fail_by_name_with_strict_gin(data_folder):
   result = _train_on_my_data(data_folder, "--gin.TRAIN_STEP=10", "--gin.MAX_EVAL_EXAMPLES=3",
-                             "--strict_gin")
+                             "--strict_gin", module=False)
   line = error_line(result, 2)
   assert line.startswith("palix train: error: --gin.TRAIN_STEP=10: no gin binding of this run "
                          "reads the macro TRAIN_STEP; did you mean TRAIN_STEPS?; "
