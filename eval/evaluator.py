@@ -28,7 +28,7 @@ import numpy as np
 from palix import partitioning
 from palix import tokenizer as tokenizer_lib
 from palix.eval import report_samples
-from palix.eval import seqio_metrics
+from palix.eval import task_scoring
 from palix.eval import task_predictions
 from palix.eval.report import ReportFiles, write_report
 from palix.models import base as model_base
@@ -42,7 +42,7 @@ class TaskResult:
   """One evaluated task: its ``EvalTask``, the per-example predictions and its metrics."""
   task: Any
   predictions: List[task_predictions.ExamplePrediction]
-  scored: seqio_metrics.ScoredTask
+  scored: task_scoring.ScoredTask
 
 
 @dataclasses.dataclass
@@ -113,12 +113,12 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
         model, params, batches, tokenizer=tokenizer_lib.get_tokenizer(task.vocabulary_path),
         partitioner=partitioner, layout=layout,
         target_length=geometry.feature_lengths["targets"],
-        decode_kwargs=decode_kwargs, class_texts=seqio_metrics.class_texts_of(all_fns),
+        decode_kwargs=decode_kwargs, class_texts=task_scoring.class_texts_of(all_fns),
         score_targets=bool(task.score_metric_fns), keep_model_images=num_report_samples,
         rng_seed=rng_seed, total=total, description=task.name, progress=progress)
     _warn_truncated(task.name, predictions, geometry.feature_lengths["targets"])
     results[task.name] = TaskResult(task, predictions,
-                                    seqio_metrics.score_task(task, predictions))
+                                    task_scoring.score_task(task, predictions))
   return results
 
 

@@ -17,7 +17,8 @@ own image count and lengths rather than the largest of the mixture. The same gua
 
 ``repeat=False`` visits every example of the split(s) once; the last batch is filled with all-zero
 rows (``image_mask`` 0, ``decoder_loss_weights`` 0), so every batch has ``batch_size`` rows and all
-shards yield the same number of batches.
+shards yield the same number of batches. With ``keep_raw=True`` (one task, one pass: evaluation)
+each row also carries its example's raw fields under ``raw/`` (``feature_converter``).
 """
 
 import atexit
@@ -86,7 +87,8 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
                  shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
                  batch_parts: bool = False,
                  feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
-                 counter: Optional[converter_lib.TruncationCounter] = None) -> tf.data.Dataset:
+                 counter: Optional[converter_lib.TruncationCounter] = None,
+                 keep_raw: bool = False) -> tf.data.Dataset:
   """The ``tf.data`` pipeline behind :func:`get_batches` (same arguments)."""
   tf_setup.configure_tensorflow()
   if batch_size < 1 or num_shards < 1 or not 0 <= shard_index < num_shards or start_step < 0:
@@ -101,6 +103,9 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
                        "get_batches needs random access (see docs/data.md)")
     if split not in task.splits:
       raise ValueError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+  if keep_raw and (repeat or batch_parts or len(tasks) > 1):
+    raise ValueError("keep_raw is for one pass over one task (repeat=False, no batch_parts): "
+                     f"{mixture_or_task_name!r} has {len(tasks)} tasks, repeat={repeat}")
   streams = [(f"{t.name}:{split}", t.num_input_examples(split)) for t in tasks]
   schedule = schedule_lib.Schedule(streams, rates, seed=seed, shuffle=shuffle, repeat=repeat)
   geometry_lib.check_lengths_by_task(feature_lengths_by_task, feature_lengths)
@@ -144,10 +149,10 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
         _plain(lambda p, t=task_id, task=task: task.source.example(split, *schedule.locate(p, t))),
         num_parallel_calls=tf.data.AUTOTUNE)
     branches.append(_model_features(task, branch, shared_geometry, image_size=image_size,
-                                    seed=seed, overflow=overflow, counter=counter))
+                                    seed=seed, overflow=overflow, counter=counter,
+                                    keep_raw=keep_raw))
   if not repeat:
-    padding = converter_lib.zero_example(
-        converter_lib.PaliXFeatureConverter(num_images, image_size), feature_lengths)
+    padding = converter_lib.zero_example(branches[0].element_spec)
     branches.append(tf.data.Dataset.from_tensors(padding).repeat())
   if single:
     dataset = branches[0]
@@ -162,14 +167,19 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
 
 def _model_features(task: seqio.Task, examples: tf.data.Dataset, geometry: geometry_lib.Geometry,
                     *, image_size: int, seed: int, overflow: str,
-                    counter: converter_lib.TruncationCounter) -> tf.data.Dataset:
-  """A task's source examples -> its preprocessors -> the model's keys in ``geometry``."""
+                    counter: converter_lib.TruncationCounter,
+                    keep_raw: bool = False) -> tf.data.Dataset:
+  """A task's source examples -> its preprocessors -> the model's keys in ``geometry`` (and, with
+  ``keep_raw``, the examples' raw fields)."""
   sequence_length = dict(geometry.feature_lengths)
   sequence_length[preprocessors.IMAGE_SIZE_KEY] = image_size
+  if keep_raw:
+    examples = examples.map(_plain(converter_lib.copy_raw_fields))
   examples = task.preprocess_precache(examples, seed=seed)
   examples = task.preprocess_postcache(examples, sequence_length=sequence_length, seed=seed)
   converter = converter_lib.PaliXFeatureConverter(geometry.num_images, image_size, overflow,
-                                                  task_name=task.name, counter=counter)
+                                                  task_name=task.name, counter=counter,
+                                                  keep_raw=keep_raw)
   return converter(examples, geometry.feature_lengths).prefetch(tf.data.AUTOTUNE)
 
 
@@ -224,8 +234,8 @@ def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
                 seed: int = 0, shuffle: bool = True, repeat: bool = True, start_step: int = 0,
                 shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
                 batch_parts: bool = False,
-                feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
-                ) -> Iterator[Batch]:
+                feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
+                keep_raw: bool = False) -> Iterator[Batch]:
   """Numpy batches of the model's keys for a task or mixture (see the module docstring).
 
   Args:
@@ -248,12 +258,14 @@ def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
       so no compute goes to another task's padding. Training streams only (``repeat=True``).
     feature_lengths_by_task: ``{task: {'inputs': ..., 'targets': ...}}``, each at most
       ``feature_lengths``; tasks left out use ``feature_lengths``.
+    keep_raw: one pass over one task (``repeat=False``) whose rows also carry their examples'
+      raw fields under ``raw/`` (evaluation, ``palix.tasks.eval_examples``).
   """
   dataset = make_dataset(
       mixture_or_task_name, split=split, batch_size=batch_size, feature_lengths=feature_lengths,
       num_images=num_images, image_size=image_size, seed=seed, shuffle=shuffle, repeat=repeat,
       start_step=start_step, shard_index=shard_index, num_shards=num_shards, overflow=overflow,
-      batch_parts=batch_parts, feature_lengths_by_task=feature_lengths_by_task)
+      batch_parts=batch_parts, feature_lengths_by_task=feature_lengths_by_task, keep_raw=keep_raw)
   return _numpy_batches(dataset)
 
 

@@ -4,27 +4,27 @@ Metrics need what tokens lose: all VQA answers, every reference caption, exact b
 original image size, the image itself for the report. :func:`evaluation_batches` yields
 ``(batch, examples)``:
 
-* ``batch``: exactly what ``get_batches(task, split=..., shuffle=False, repeat=False)`` yields
+* ``batch``: the model features of ``get_batches(task, split=..., shuffle=False, repeat=False)``
   (same preprocessing and feature converter as training, images at ``image_size``);
-* ``examples``: the raw example of each of the batch's first ``len(examples)`` rows, read from
-  the task's source by the same index (a finite unshuffled stream visits the split in index
-  order). Each row's prompt tokens are checked against its raw prompt, so a mismatch raises
-  instead of scoring predictions against the wrong targets.
+* ``examples``: the raw example of each of the batch's first ``len(examples)`` rows, from the
+  same pipeline element: ``get_batches(..., keep_raw=True)`` carries every row's raw fields next
+  to its model features (big_vision's ``keep``), so each example is read once.
 
-Raw example dict (plain Python, no tensors):
+Raw example dict (plain Python, no tensors; :func:`raw_example`):
 
 ===============  =============================================================================
 ``task``         task name; ``split``; ``index`` (position in the split)
 ``record_id``    where it came from (``file:line``, ``Source:split[i]``)
 ``inputs``       the prompt text; ``targets``: the target text
-``image_size``   ``(height, width)`` of the (first) original image; None for video files
-``pixels``       the original images/frames (uint8 ``[n, h, w, 3]``, or a list of ``[h, w, 3]``
-                 for image files), for the first ``keep_media`` examples only (report cards)
+``image_size``   ``(height, width)`` of the (first) original image or frame
+``pixels``       the original images (uint8 ``[n, h, w, 3]``) of computed sources, for the first
+                 ``keep_media`` examples only (report cards; file sources' cards read
+                 ``image_paths``)
 ``image_paths``  image files (file sources); ``video_path``: the clip (video sources)
 extras           the source's extra fields as tuples of strings (``answers``, ``references``,
                  ``answer_type``, ``question_id``, ``image_id``)
 ``boxes``        exact normalised ``(ymin, xmin, ymax, xmax)`` ground truth with ``labels``, for
-                 sources that know them (``shapes_detection``)
+                 sources that know them (``shapes_detection``'s ``boxes/pixels``)
 ===============  =============================================================================
 """
 
@@ -33,13 +33,10 @@ import logging
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from palix.tasks import dataset
-from palix.tasks import media_io
+from palix.tasks.feature_converter import RAW_PREFIX
 from palix.tasks.sources import base
-from palix.tasks.sources import episodes
-from palix.tasks.sources import shapes_detection
 
 Example = Dict[str, Any]
 
@@ -79,71 +76,40 @@ def leaf_tasks(mixture_or_task_name: str, split: str) -> List[EvalTask]:
   return found
 
 
-def _image_size(path: str) -> Tuple[int, int]:
-  try:
-    with Image.open(path) as image:
-      return image.height, image.width
-  except Exception as e:  # pylint: disable=broad-except  # Pillow raises many types
-    raise media_io.DataError(f"{path}: cannot read the image header ({type(e).__name__}: {e})")
+def _text(value):
+  """A string feature as Python: ``str``, or a tuple of ``str`` for a vector."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  return tuple(v.decode("utf-8") for v in np.asarray(value).reshape(-1))
 
 
-def raw_example(task_name: str, source: base.ExampleSource, split: str, index: int,
+def raw_example(task_name: str, split: str, index: int, fields: Mapping[str, np.ndarray],
                 keep_media: bool) -> Example:
-  """The raw example ``index`` of ``split`` (see the module docstring)."""
+  """The raw example dict (see the module docstring) of one row's raw fields (``get_batches``'
+  ``raw/`` columns without the prefix)."""
   example: Example = {"task": task_name, "split": split, "index": index}
-  if isinstance(source, base.PythonSource):
-    generated = source.make_example(split, index)
-    example.update(record_id=f"{type(source).__name__}:{split}[{index}]", inputs=generated.inputs,
-                   targets=generated.targets, image_size=tuple(generated.pixels.shape[1:3]))
-    if keep_media:
-      example["pixels"] = generated.pixels
-    if isinstance(source, shapes_detection.ShapesDetectionSource):
-      _, placed = source.objects(split, index)
-      height, width = generated.pixels.shape[1:3]
-      example["boxes"] = [(top / height, left / width, bottom / height, right / width)
-                          for (top, left, bottom, right), _ in placed]
-      example["labels"] = [label for _, label in placed]
-    return example
-  if isinstance(source, episodes.EpisodeSource):
-    episode = source.raw_example(split, index)
-    paths = tuple(episode.get("image_paths", ()))
-    example.update({k: v for k, v in episode.items()
-                    if k not in ("pixels", "image_paths", "members")})
-    example["image_paths"] = paths
-    if "pixels" in episode:
-      example["image_size"] = tuple(episode["pixels"].shape[1:3])
-    else:
-      example["image_size"] = _image_size(paths[0])
-    if keep_media:
-      example["pixels"] = (episode["pixels"] if "pixels" in episode
-                           else [media_io.read_image(p) for p in paths])
-    return example
-  if not isinstance(source, base.TableSource):
-    raise ValueError(f"task {task_name!r}: cannot read raw examples of a {type(source).__name__} "
-                     "(expected a TableSource, PythonSource or EpisodeSource)")
-  record = source.records(split)[index]
-  example.update(record_id=record.record_id, inputs=record.inputs, targets=record.targets,
-                 image_paths=tuple(record.image_paths), video_path=record.video_path,
-                 image_size=_image_size(record.image_paths[0]) if record.image_paths else None)
-  for key, values in record.extras.items():
-    example.setdefault(key, tuple(values))
-  if keep_media:
-    if record.video_path:
-      example["pixels"] = media_io.read_video(record.video_path, source.num_frames)
-      example["image_size"] = tuple(example["pixels"].shape[1:3])
-    else:
-      example["pixels"] = [media_io.read_image(p) for p in record.image_paths]
+  fields = dict(fields)
+  sizes = fields.pop("image/sizes", None)
+  if sizes is not None:
+    example["image_size"] = tuple(int(x) for x in sizes[0])
+  pixels = fields.pop("image/pixels", None)
+  if keep_media and pixels is not None:
+    example["pixels"] = pixels
+  if "image/paths" in fields:
+    example["image_paths"] = tuple(p for p in _text(fields.pop("image/paths")) if p)
+  if "video/path" in fields:
+    example["video_path"] = _text(fields.pop("video/path"))
+  boxes, labels = fields.pop("boxes/pixels", None), fields.pop("boxes/labels", None)
+  if boxes is not None:
+    height, width = example["image_size"]
+    found = [(box, label) for box, label in zip(boxes.tolist(), _text(labels)) if label]
+    example["boxes"] = [(top / height, left / width, bottom / height, right / width)
+                        for (top, left, bottom, right), _ in found]
+    example["labels"] = [label for _, label in found]
+  for key, value in fields.items():
+    is_text = isinstance(value, bytes) or np.asarray(value).dtype == object
+    example[key] = _text(value) if is_text else value
   return example
-
-
-def _expected_prompt(vocabulary, text: str, length: int) -> np.ndarray:
-  """The prompt row the feature converter writes (EOS last; cut to ``length`` when truncating)."""
-  ids = list(vocabulary.encode(text)) + [1]
-  if len(ids) > length:
-    ids = ids[:length - 1] + [1]
-  row = np.zeros((length,), np.int64)
-  row[:len(ids)] = ids
-  return row
 
 
 def evaluation_batches(task_name: str, *, split: str, batch_size: int,
@@ -173,29 +139,21 @@ def evaluation_batches(task_name: str, *, split: str, batch_size: int,
     if max_examples < 1:
       raise ValueError(f"max_examples must be >= 1; got {max_examples}")
     total = min(total, max_examples)
-  if split in getattr(source, "_augment_splits", ()):  # the sources' own record of it
+  if split in source.augment_splits:
     logging.warning("task %r split %r is augmented by its source (random crops/flips): "
                     "evaluation images differ from the originals", task_name, split)
-  vocabulary = provider.output_features["inputs"].vocabulary
-  prompt_length = int(feature_lengths["inputs"])
   batches = dataset.get_batches(
       task_name, split=split, batch_size=batch_size, feature_lengths=dict(feature_lengths),
       num_images=num_images, image_size=image_size, seed=0, shuffle=False, repeat=False,
-      overflow=overflow)
+      overflow=overflow, keep_raw=True)
   start = 0
   try:
     for batch in batches:
       count = min(batch_size, total - start)
-      examples = [raw_example(task_name, source, split, start + row, start + row < keep_media)
-                  for row in range(count)]
-      for row, example in enumerate(examples):
-        expected = _expected_prompt(vocabulary, example["inputs"], prompt_length)
-        if not np.array_equal(expected, batch["encoder_input_tokens"][row]):
-          raise base.DataError(
-              f"task {task_name!r} split {split!r}: batch row {row} of example {start + row} "
-              f"({example['record_id']}) does not hold the prompt {example['inputs']!r}; the "
-              "batch stream and the source disagree on example order")
-      yield batch, examples
+      raw = {k[len(RAW_PREFIX):]: v for k, v in batch.items() if k.startswith(RAW_PREFIX)}
+      examples = [raw_example(task_name, split, start + row, {k: v[row] for k, v in raw.items()},
+                              start + row < keep_media) for row in range(count)]
+      yield {k: v for k, v in batch.items() if not k.startswith(RAW_PREFIX)}, examples
       start += count
       if start >= total:  # stop before the pipeline prepares another batch
         break

@@ -16,6 +16,12 @@ the text; ``overflow='truncate'`` cuts to the length (the last kept token become
 warning with the running count (:class:`TruncationCounter`). More than N images is always an
 error.
 
+Raw fields (evaluation): with ``keep_raw=True`` every ``raw/...`` feature of an example
+(:func:`copy_raw_fields` copies the source's raw example there before preprocessing) and the
+original image sizes (``image/sizes`` from ``DecodeMedia``, as ``raw/image/sizes``) pass through
+next to the model features, with fixed shapes (image paths and sizes padded to N), so the
+evaluator reads each example once, through this pipeline (big_vision's ``keep``).
+
 It is not a ``seqio.FeatureConverter`` subclass because seqio's base requires a length entry for
 every task feature (images have none) and rank-1 features for packing. Packing (several short
 examples per row) would go in :meth:`PaliXFeatureConverter.__call__` between validation and
@@ -35,6 +41,15 @@ from palix.models import base
 OVERFLOW_MODES = ("error", "truncate")
 MODEL_DTYPES = {key: tf.as_dtype(spec.dtype) for key, spec in base.MODEL_FEATURES.items()}
 _TEXT_FEATURES = {"inputs": "encoder_input_tokens", "targets": "decoder_target_tokens"}
+RAW_PREFIX = "raw/"
+_NOT_RAW = ("example_seed", "augment")  # pipeline bookkeeping, not the example
+
+
+def copy_raw_fields(example: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The raw example plus a ``raw/`` copy of each of its fields, which preprocessors leave alone
+  (they decode, tokenize and drop the originals) and ``keep_raw`` carries to the batch."""
+  raw = {RAW_PREFIX + k: v for k, v in example.items() if k not in _NOT_RAW}
+  return {**example, **raw}
 
 
 class TruncationCounter:
@@ -64,10 +79,12 @@ class PaliXFeatureConverter:
     overflow: ``error`` or ``truncate`` (see the module docstring).
     task_name: named in error messages.
     bos_id: the decoder's start token (0, as in T5).
+    keep_raw: also output the ``raw/`` fields (see the module docstring).
   """
 
   def __init__(self, num_images: int = 1, image_size: int = 224, overflow: str = "error",
-               task_name: str = "", bos_id: int = 0, counter: TruncationCounter = None):
+               task_name: str = "", bos_id: int = 0, counter: TruncationCounter = None,
+               keep_raw: bool = False):
     if overflow not in OVERFLOW_MODES:
       raise ValueError(f"overflow must be one of {OVERFLOW_MODES}; got {overflow!r}")
     if num_images < 1 or image_size < 1:
@@ -79,6 +96,7 @@ class PaliXFeatureConverter:
     self.task_name = task_name
     self.bos_id = bos_id
     self.counter = counter or TruncationCounter()
+    self.keep_raw = keep_raw
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, tuple]:
     """Shapes of one converted example (without the batch dimension)."""
@@ -143,14 +161,32 @@ class PaliXFeatureConverter:
       padded = tf.pad(images, [[0, self.num_images - tf.shape(images)[0]], [0, 0], [0, 0], [0, 0]])
     out["images"] = tf.ensure_shape(padded, [self.num_images, self.image_size, self.image_size, 3])
     out["image_mask"] = tf.cast(tf.range(self.num_images) < count, tf.int32)
+    if self.keep_raw:
+      out.update(self._raw_fields(ex))
+    return out
+
+  def _raw_fields(self, ex) -> Dict[str, tf.Tensor]:
+    """The ``raw/`` fields, fixed-shape: image paths and sizes padded to ``num_images``."""
+    out = {k: v for k, v in ex.items() if k.startswith(RAW_PREFIX)}
+    if "image/sizes" in ex:
+      out[RAW_PREFIX + "image/sizes"] = ex["image/sizes"]
+    padded = {RAW_PREFIX + "image/paths": ("", []), RAW_PREFIX + "image/sizes": (0, [2])}
+    for key, (fill, tail) in padded.items():
+      if key in out:
+        values = out[key][:self.num_images]
+        padding = [[0, self.num_images - tf.shape(values)[0]]] + [[0, 0]] * len(tail)
+        out[key] = tf.ensure_shape(tf.pad(values, padding, constant_values=fill),
+                                   [self.num_images] + tail)
     return out
 
 
-def zero_example(converter: PaliXFeatureConverter,
-                 task_feature_lengths: Mapping[str, int]) -> Dict[str, tf.Tensor]:
-  """An all-zero example (no images, zero loss weight): fills the last batch of a finite pass."""
-  shapes = converter.get_model_feature_lengths(task_feature_lengths)
-  return {key: tf.zeros(shape, MODEL_DTYPES[key]) for key, shape in shapes.items()}
+def zero_example(element_spec: Mapping[str, tf.TensorSpec]) -> Dict[str, tf.Tensor]:
+  """An all-zero (empty-string) example of a converted dataset's ``element_spec``: no images, zero
+  loss weight. It fills the last batch of a finite pass."""
+  unknown = [k for k, spec in element_spec.items() if not spec.shape.is_fully_defined()]
+  if unknown:
+    raise ValueError(f"converted features {unknown} have no fixed shape: {element_spec}")
+  return {key: tf.zeros(spec.shape, spec.dtype) for key, spec in element_spec.items()}
 
 
 def _check_lengths(task_feature_lengths: Mapping[str, int]) -> None:

@@ -44,7 +44,9 @@ def _read_image(path):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeMedia:
-  """Raw media of an example -> ``images`` float32 ``[n, S, S, 3]`` in [-1, 1].
+  """Raw media of an example -> ``images`` float32 ``[n, S, S, 3]`` in [-1, 1], and
+  ``image/sizes`` int32 ``[n, 2]``: each image's (frame's) original height and width, for metrics
+  that need them (detection areas); the feature converter passes it on only for evaluation.
 
   Per image: (random crop, on augmentation splits) -> resize (``stretch`` or ``pad``) ->
   (random left-right flip, on augmentation splits) -> value range. Crop and flip use the
@@ -86,8 +88,8 @@ class DecodeMedia:
     features = dict(features)
     size = image_size_from(self.sequence_length)
     seed, augment = features["example_seed"], features["augment"]
-    spec = tf.TensorSpec([size, size, 3], tf.float32)
-    process = lambda image: self._process(image, seed, augment, size)
+    spec = (tf.TensorSpec([size, size, 3], tf.float32), tf.TensorSpec([2], tf.int32))
+    process = lambda image: (self._process(image, seed, augment, size), tf.shape(image)[:2])
     present = [k for k in MEDIA_KEYS if k in features]
     if len(present) != 1:
       raise ValueError(f"a raw example needs exactly one of {MEDIA_KEYS}; got {present}")
@@ -104,7 +106,7 @@ class DecodeMedia:
         image = tf.numpy_function(_read_image, [path], tf.uint8, stateful=False)
         return process(tf.ensure_shape(image, [None, None, 3]))
       images = tf.map_fn(decode_and_process, features.pop("image/paths"), fn_output_signature=spec)
-    features["images"] = images
+    features["images"], features["image/sizes"] = images
     return features
 
 

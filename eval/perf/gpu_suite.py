@@ -9,8 +9,9 @@ Measures (bf16 compute, fp32 params, random weights):
 
 Usage (from the repository root; needs jax, flax, optax, gin-config):
   python eval/perf/gpu_suite.py [--tiny] [--only vit,vit_parallel,t5]
-Prints one ``RESULT {json}`` line per measurement. Peers (timm, HF) are measured by
-``shared/bench/peer_anchor.py`` in a separate process of the same call (see docs/performance.md).
+Prints one ``RESULT {json}`` line per measurement. Peers (timm, HF) are measured by the
+project's peer anchor (``shared/bench/peer_anchor.py`` of the shared workspace, not part of this
+repository) in a separate process of the same call (see docs/performance.md).
 """
 
 import argparse

@@ -15,7 +15,7 @@ checkpoint's encoder transfers into PaLI-X by path.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import gin

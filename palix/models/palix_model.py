@@ -10,13 +10,12 @@ is the same as dropping it.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from palix import decoding
 from palix.layers import initializers as inits

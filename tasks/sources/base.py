@@ -19,8 +19,9 @@ key                dtype / shape       meaning
 ``augment``        bool []             True on the source's augmentation splits
 =================  ==================  ==================================================
 
-Sources may add string features (e.g. VQAv2's ten ``answers``) for metrics; the feature
-converter ignores them.
+Sources may add fixed-shape features for metrics (e.g. VQAv2's ten ``answers``; a
+``PythonSource``'s ``extra_specs``); the feature converter passes them on only for evaluation
+(``keep_raw``).
 """
 
 import abc
@@ -297,6 +298,7 @@ class PythonExample:
   pixels: np.ndarray  # uint8 [n, h, w, 3]
   inputs: str
   targets: str
+  extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # extra_specs' keys
 
 
 class PythonSource(ExampleSource):
@@ -326,6 +328,12 @@ class PythonSource(ExampleSource):
   def images_per_example(self) -> Optional[int]:
     return self.pixel_shape[0]
 
+  @property
+  def extra_specs(self) -> Mapping[str, tf.TensorSpec]:
+    """Fixed-shape features every example adds for metrics (``PythonExample.extras``), e.g. exact
+    boxes; none by default."""
+    return {}
+
   def rng(self, split: str, index: int) -> np.random.Generator:
     """The generator that makes example ``index``: seeded by (data seed, split, index)."""
     return np.random.default_rng([self.data_seed, stable_hash(split), int(index)])
@@ -340,23 +348,32 @@ class PythonSource(ExampleSource):
 
   def _make_record_fn(self, split: str) -> RecordFn:
     num = self.num_input_examples(split)
+    specs = dict(self.extra_specs)
 
     def make(index):
       index = int(index)
       if not 0 <= index < num:
         raise IndexError(f"{type(self).__name__} split {split!r}: index {index} outside [0, {num})")
       example = self.make_example(split, index)
+      extras = [np.asarray(example.extras[k], object if s.dtype == tf.string
+                           else s.dtype.as_numpy_dtype) for k, s in specs.items()]
       return (example.pixels, np.bytes_(example.inputs.encode()),
-              np.bytes_(example.targets.encode()))
+              np.bytes_(example.targets.encode()), *extras)
 
     def record(index):
-      pixels, inputs, targets = tf.numpy_function(make, [index], [tf.uint8, tf.string, tf.string],
-                                                  stateful=False)
+      pixels, inputs, targets, *extras = tf.numpy_function(
+          make, [index], [tf.uint8, tf.string, tf.string] + [s.dtype for s in specs.values()],
+          stateful=False)
       pixels.set_shape(self.pixel_shape)
       inputs.set_shape([])
       targets.set_shape([])
-      record_id = tf.strings.format("{}:{}[{}]", (type(self).__name__, split, index))
-      return {"inputs": inputs, "targets": targets, "record_id": record_id,
-              "image/pixels": pixels}
+      record_id = tf.strings.join([f"{type(self).__name__}:{split}[",
+                                   tf.strings.as_string(index), "]"])
+      features = {"inputs": inputs, "targets": targets, "record_id": record_id,
+                  "image/pixels": pixels}
+      for (key, spec), value in zip(specs.items(), extras):
+        value.set_shape(spec.shape)
+        features[key] = value
+      return features
 
     return record

@@ -13,6 +13,7 @@ Everything about example ``i`` follows from ``(data_seed, split, i)``.
 from typing import List, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from palix.tasks import prompts
 from palix.tasks.sources import base
@@ -39,6 +40,13 @@ class ShapesDetectionSource(base.PythonSource):
   @property
   def pixel_shape(self):
     return (1, self.canvas, self.canvas, 3)
+
+  @property
+  def extra_specs(self):
+    """The exact boxes for metrics, in placement order (``objects``): pixel
+    ``(top, left, bottom, right)`` and labels, padded to ``max_objects`` with -1 and ``""``."""
+    return {"boxes/pixels": tf.TensorSpec([self.max_objects, 4], tf.int32),
+            "boxes/labels": tf.TensorSpec([self.max_objects], tf.string)}
 
   def _random_sprite(self, split: str, rng: np.random.Generator) -> sprites.Sprite:
     if rng.random() < self.fashion_fraction:
@@ -72,6 +80,10 @@ class ShapesDetectionSource(base.PythonSource):
 
   def make_example(self, split: str, index: int) -> base.PythonExample:
     canvas, placed = self.objects(split, index)
+    pixel_boxes = np.full((self.max_objects, 4), -1, np.int32)
+    labels = np.full((self.max_objects,), b"", object)
+    for k, (box, label) in enumerate(placed):
+      pixel_boxes[k], labels[k] = box, label.encode()
     rng = np.random.default_rng([self.data_seed, base.stable_hash(split + "/prompt"), index])
     present = sorted({label for _, label in placed})
     absent = [c for c in CLASSES if c not in present]
@@ -82,4 +94,5 @@ class ShapesDetectionSource(base.PythonSource):
     size = float(self.canvas)
     boxes = [tuple(c / size for c in box) for box, _ in placed]
     target = prompts.detection_target(boxes, [label for _, label in placed])
-    return base.PythonExample(canvas[None], prompts.detection_prompt(classes), target)
+    return base.PythonExample(canvas[None], prompts.detection_prompt(classes), target,
+                              extras={"boxes/pixels": pixel_boxes, "boxes/labels": labels})

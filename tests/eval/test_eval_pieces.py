@@ -90,7 +90,7 @@ def test_the_evaluator_and_palix_eval_import_without_tensorflow():
       "for name in ('tensorflow', 'seqio'):\n"
       "  sys.modules[name] = None  # any import of them raises ImportError\n"
       "import palix.cli.eval, palix.eval.evaluator, palix.eval.task_predictions\n"
-      "import palix.eval.report_samples, palix.eval.seqio_metrics, palix.eval.postprocessors\n"
+      "import palix.eval.report_samples, palix.eval.task_scoring, palix.eval.postprocessors\n"
       "print('NO_TF_OK')\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=REPO)

@@ -17,7 +17,7 @@ from palix.tasks.sources import shapes_detection
 from tasks_testdata import needs_fashion_mnist  # pylint: disable=g-bad-import-order
 
 LENGTHS = {"inputs": 24, "targets": 48}
-KEYS = {line.split("``")[1] for line in model_base.__doc__.splitlines() if line.startswith("``")}
+KEYS = set(model_base.MODEL_FEATURES)  # the batch schema; DTYPES below restates it by hand
 DTYPES = {"images": np.float32, "image_mask": np.int32, "encoder_input_tokens": np.int32,
           "decoder_input_tokens": np.int32, "decoder_target_tokens": np.int32,
           "decoder_loss_weights": np.float32}

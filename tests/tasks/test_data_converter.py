@@ -88,7 +88,33 @@ def test_too_many_images_and_bad_settings_are_errors():
 
 def test_zero_example_has_no_images_and_no_loss():
   converter = fc.PaliXFeatureConverter(num_images=2, image_size=8)
-  zero = fc.zero_example(converter, LENGTHS)
+  zero = fc.zero_example(converter(_dataset([5, 1], [7, 1], 1)[0], LENGTHS).element_spec)
   assert zero["images"].shape == (2, 8, 8, 3)
   assert float(tf.reduce_sum(zero["decoder_loss_weights"])) == 0
   assert int(tf.reduce_sum(zero["image_mask"])) == 0
+
+
+def test_raw_fields_pass_through_with_fixed_shapes():
+  """``keep_raw``: the ``raw/`` copies of the source's fields next to the model features, image
+  paths and sizes padded to ``num_images``; without it, only the model features."""
+  images = np.zeros((2, 8, 8, 3), np.float32)
+  example = fc.copy_raw_fields({
+      "inputs": np.array([5, 1], np.int32), "targets": np.array([7, 1], np.int32),
+      "images": images, "record_id": "data.jsonl:4", "answers": ["x", "y"],
+      "image/paths": ["a.png", "b.png"], "example_seed": np.zeros(2, np.int64)})
+  example["image/sizes"] = np.array([[30, 40], [50, 60]], np.int32)
+  dataset = tf.data.Dataset.from_tensors(example)
+  plain = _convert(fc.PaliXFeatureConverter(num_images=3, image_size=8), dataset)
+  assert set(plain) == set(model_base.MODEL_FEATURES)
+  out = _convert(fc.PaliXFeatureConverter(num_images=3, image_size=8, keep_raw=True), dataset)
+  assert set(out) - set(model_base.MODEL_FEATURES) == {
+      "raw/inputs", "raw/targets", "raw/record_id", "raw/answers", "raw/image/paths",
+      "raw/image/sizes", "raw/images"}  # example_seed is bookkeeping, not a field
+  assert out["raw/record_id"] == b"data.jsonl:4" and out["raw/answers"].tolist() == [b"x", b"y"]
+  assert out["raw/image/paths"].tolist() == [b"a.png", b"b.png", b""]
+  np.testing.assert_array_equal(out["raw/image/sizes"], [[30, 40], [50, 60], [0, 0]])
+  np.testing.assert_array_equal(out["encoder_input_tokens"], plain["encoder_input_tokens"])
+  zero = fc.zero_example(
+      fc.PaliXFeatureConverter(num_images=3, image_size=8, keep_raw=True)(
+          dataset, LENGTHS).element_spec)
+  assert zero["raw/record_id"].numpy() == b"" and zero["raw/image/paths"].shape == (3,)

@@ -320,15 +320,25 @@ def test_few_shot_module_needs_no_tensorflow():
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_evaluation_reads_episodes_as_raw_examples(vqa_episodes, vqa_base):
-  """``palix eval``'s raw-example reader gives the episode's texts, query answers and images."""
+def test_evaluation_reads_episodes_from_the_pipelines_raw_fields(vqa_episodes, vqa_base,
+                                                                   sentencepiece):
+  """``palix eval``'s examples come with their batch rows, from the same pipeline element: the
+  episode's texts, query answers, image files and original size."""
   from palix.tasks import eval_examples  # pylint: disable=g-import-not-at-top
-  example = eval_examples.raw_example("easy_vqa_episodes", vqa_episodes, "test", 3,
-                                      keep_media=True)
-  episode = vqa_episodes.raw_example("test", 3)
-  assert example["inputs"] == episode["inputs"] and example["targets"] == episode["targets"]
-  assert example["answers"] == episode["answers"]
-  members = episode["members"]
-  assert example["image_paths"] == tuple(vqa_base.records("test")[m].image_paths[0]
-                                         for m in members)
-  assert len(example["pixels"]) == len(members) and example["image_size"] == (64, 64)
+  registry.add_task("test_vqa_episodes", vqa_episodes, replace=True)
+  batches = eval_examples.evaluation_batches(
+      "test_vqa_episodes", split="test", batch_size=2, num_images=3, image_size=16,
+      feature_lengths={"inputs": 48, "targets": 8}, max_examples=3, keep_media=3)
+  rows = [(batch, row, example) for batch, chunk in batches for row, example in enumerate(chunk)]
+  assert [example["index"] for _, _, example in rows] == [0, 1, 2]
+  for batch, row, example in rows:
+    episode = vqa_episodes.raw_example("test", example["index"])
+    assert example["inputs"] == episode["inputs"] and example["targets"] == episode["targets"]
+    assert example["answers"] == episode["answers"]
+    assert example["record_id"] == episode["record_id"]
+    assert example["image_paths"] == tuple(vqa_base.records("test")[m].image_paths[0]
+                                           for m in episode["members"])
+    assert example["image_size"] == (64, 64)
+    # The batch row is this example's: its prompt tokens are the example's prompt.
+    prompt = batch["encoder_input_tokens"][row]
+    assert list(prompt[:list(prompt).index(1)]) == sentencepiece.encode(example["inputs"])

@@ -4,7 +4,9 @@ Targets are ``postprocess_fn(target_text, example=..., is_target=True)``, predic
 ``postprocess_fn(generated_text, example=..., is_target=False)``; then every metric function is
 called once on the whole split (CIDEr and mAP are corpus-level): ``fn(targets, predictions)``,
 ``fn(targets, predictions, aux_values)`` (see :mod:`palix.eval.aux_metrics` for the aux values)
-or ``fn(targets, scores)`` (the log-likelihood of each target).
+or ``fn(targets, scores)`` (the log-likelihood of each target). It imports no seqio: palix's
+feature converter is not a seqio one, so ``seqio.Evaluator`` cannot run over palix's predictions;
+this is its metric step.
 """
 
 import dataclasses
