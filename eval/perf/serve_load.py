@@ -1,11 +1,11 @@
 """Load test of ``palix serve`` on loopback: concurrent clients, with and without request batching.
 
-A random PaLI-X model (fixed seed; big enough that decoding, not HTTP, takes most of a request's
-time on a CPU: T5 with 256-wide 4+4 layers, a 4-layer ViT) is served twice in this process, with
-batching (``Batching.batch_sizes = (1, 2, 4, 8)``) and without (``(1,)``), alternately
-``--repeats`` times so that both see the same background load (both apps are built and compiled
-once, before the first timed run). ``--clients`` threads send
-``--requests`` distinct requests (different images and prompts, some few-shot, two answer
+A random PaLI-X model (fixed seed; T5 with 256-wide 4+4 layers, a 4-layer ViT) is served twice in
+this process, with batching (``Batching.batch_sizes = (1, 2, 4, 8)``) and without (``(1,)``),
+alternately ``--repeats`` times so that both see the same background load (both apps are built
+and compiled once, before the first timed run). ``--clients`` threads of another process
+(``serve_load_client``, so that their Python work does not share the server's interpreter lock)
+send ``--requests`` distinct requests (different images and prompts, some few-shot, two answer
 lengths; every other one streamed) as fast as answers come back. Every answer is checked against
 the same request decoded alone by :class:`palix.generate.Generator`: a lost request (error or no
 answer), a duplicated one (a stream that goes on after its ``done`` event, or token events that
@@ -21,10 +21,12 @@ Usage: ``python -m palix.eval.perf.serve_load [--requests 64] [--clients 8] [--r
 
 import argparse
 import collections
-import concurrent.futures
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -81,32 +83,10 @@ def make_requests(count: int, seed: int = 0):
   return cases
 
 
-def _send(client, case):
-  """``(latency s, answer, problem)`` of one request; ``problem`` is None when well-formed."""
-  request, streamed = case[0], case[5]
-  start = time.perf_counter()
-  try:
-    if not streamed:
-      return time.perf_counter() - start, client.complete(request), None
-    events = list(client.stream(request))
-    latency = time.perf_counter() - start
-    done = [data for event, data in events if event == "done"]
-    tokens = [data["token"] for event, data in events if event == "token"]
-    if len(done) != 1 or tokens != done[0]["tokens"]:
-      return latency, None, f"stream events disagree with the answer ({len(done)} done events)"
-    return latency, done[0], None
-  except client_lib.ServerError as e:
-    if "after its done event" in e.message:  # a duplicated answer or stray events
-      return time.perf_counter() - start, None, f"stream {e.message}"
-    return time.perf_counter() - start, None, f"ServerError: {e}"
-  except OSError as e:
-    return time.perf_counter() - start, None, f"{type(e).__name__}: {e}"
-
-
 def check_answers(results, expected) -> dict:
   """Counts of lost, duplicated, mixed-up (another request's answer) and otherwise wrong answers
-  in ``results`` (``_send``'s triples) against ``expected`` (the requests decoded alone), and the
-  first problems in words."""
+  in ``results`` (``(latency, answer, problem)`` triples, see ``serve_load_client.send``) against
+  ``expected`` (the requests decoded alone), and the first problems in words."""
   texts = {e.text: i for i, e in enumerate(expected)}
   counts = {"lost": 0, "duplicated": 0, "mixed_up": 0, "wrong": 0}
   problems = []
@@ -140,16 +120,18 @@ def decode_only_seconds(engine, cases, repeats):
 
 
 def run_load(app, cases, expected, clients, timeout, deadline):
-  with ServerThread(app) as server:
-    client = client_lib.Client(server.url, timeout=timeout + 5)
-    for case in cases[:2]:  # first requests through every path (compiled by build_app)
-      _send(client, case)
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-      results = list(pool.map(lambda case: _send(client, case), cases))
-    wall = time.perf_counter() - start
-  if time.perf_counter() > deadline:
-    raise SystemExit("serve_load: over --max-seconds; stopped")
+  """Serves ``app`` and runs the clients (``serve_load_client``) in another process."""
+  with tempfile.TemporaryDirectory() as folder, ServerThread(app) as server:
+    cases_file, results_file = os.path.join(folder, "cases.json"), os.path.join(folder, "out.json")
+    with open(cases_file, "w", encoding="utf-8") as f:
+      json.dump([{"request": case[0], "streamed": case[5]} for case in cases], f)
+    subprocess.run([sys.executable, "-m", "palix.eval.perf.serve_load_client", server.url,
+                    cases_file, results_file, f"--clients={clients}", f"--timeout={timeout}"],
+                   check=True, timeout=max(1.0, deadline - time.perf_counter()))
+    with open(results_file, encoding="utf-8") as f:
+      output = json.load(f)
+  wall = output["wall_s"]
+  results = [(r["latency_s"], r["answer"], r["problem"]) for r in output["results"]]
   counts = check_answers(results, expected)
   latencies = sorted(r[0] for r in results)
   answered = [r[1] for r in results if r[1] is not None]

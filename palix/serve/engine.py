@@ -16,9 +16,8 @@ import jax
 import numpy as np
 
 from palix import decoding
+from palix.models import base
 from palix.serve.request import CompletionRequest, DecodingOptions
-
-INPUT_KEYS = ("images", "image_mask", "encoder_input_tokens")
 
 
 class DecodeEngine:
@@ -60,7 +59,7 @@ class DecodeEngine:
     ``max_input_len``, ...) are ValueErrors."""
     examples = [(e.image, e.prompt, e.answer) for e in request.examples]
     batch = self.generator.encode_prompt(list(request.images), request.prompt, examples)
-    return {k: batch[k] for k in INPUT_KEYS}
+    return {k: batch[k] for k in base.INPUT_KEYS}
 
   def stream(self, inputs: Sequence[dict], options: Sequence[DecodingOptions],
              rng=None) -> Iterator[np.ndarray]:
@@ -70,7 +69,7 @@ class DecodeEngine:
     n = len(inputs)
     size = self.padded_size(n)
     rows = list(range(n)) + [0] * (size - n)  # padding rows repeat the first prompt
-    batch = {k: np.concatenate([inputs[r][k] for r in rows]) for k in INPUT_KEYS}
+    batch = {k: np.concatenate([inputs[r][k] for r in rows]) for k in base.INPUT_KEYS}
     cache = self._decode_cache(self.generator.params, batch)
     first = options[0]
     if first.greedy:
@@ -89,8 +88,9 @@ class DecodeEngine:
 
   def warm_up(self, options: DecodingOptions):
     """Compiles every batch size for ``options``'s kind of decode (one step each)."""
-    inputs = {k: np.zeros(shape, np.float32 if k == "images" else np.int32)
-              for k, shape in self.model.input_shapes(1).items() if k in INPUT_KEYS}
+    dtypes = base.batch_dtypes(base.INPUT_KEYS)
+    inputs = {k: np.zeros(shape, dtypes[k]) for k, shape in self.model.input_shapes(1).items()
+              if k in dtypes}
     inputs["image_mask"][:, 0] = 1
     inputs["encoder_input_tokens"][:, 0] = self.model.eos_id
     for size in self.batch_sizes:
