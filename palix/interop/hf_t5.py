@@ -24,12 +24,11 @@ import json
 import pathlib
 from typing import Any, Dict, Mapping, Tuple, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from palix.interop import shape_check
 from palix.interop.safetensors_file import read_safetensors
 from palix.models.t5 import T5EncoderDecoder
 from palix.models.t5_config import T5Config, gelu_tanh, silu
@@ -167,15 +166,7 @@ def _check_shapes(params: dict, c: T5Config) -> None:
   tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
   abstract = jax.eval_shape(lambda r, e, d: T5EncoderDecoder(c).init(r, e, d),
                             jax.random.PRNGKey(0), tokens, tokens)
-  want = {"/".join(k): tuple(v.shape)
-          for k, v in traverse_util.flatten_dict(nn.meta.unbox(abstract["params"])).items()}
-  got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
-  problems = [f"{k}: missing" for k in sorted(set(want) - set(got))]
-  problems += [f"{k}: not a T5 parameter" for k in sorted(set(got) - set(want))]
-  problems += [f"{k}: HF gives {got[k]}, the config needs {want[k]}"
-               for k in sorted(set(want) & set(got)) if got[k] != want[k]]
-  if problems:
-    raise ValueError("HF T5 weights do not fit the config: " + "; ".join(problems))
+  shape_check.check_fits(params, abstract["params"], "HF T5")
 
 
 def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Config) -> dict:

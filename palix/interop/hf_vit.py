@@ -26,12 +26,11 @@ import pathlib
 import re
 from typing import Any, Dict, Mapping, Tuple, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from palix.interop import shape_check
 from palix.interop.safetensors_file import read_safetensors
 from palix.layers.mlp import Mlp
 from palix.layers.patch import ConvPatchEmbed
@@ -216,15 +215,8 @@ def _check_shapes(params: dict, c: ViTConfig) -> None:
   """Compare with the abstract ``ViT(c).init`` tree, naming every mismatching key."""
   images = jax.ShapeDtypeStruct((1, c.image_size, c.image_size, 3), jnp.float32)
   abstract = jax.eval_shape(lambda r, x: ViT(c).init(r, x), jax.random.PRNGKey(0), images)
-  want = {"/".join(k): tuple(v.shape)
-          for k, v in traverse_util.flatten_dict(nn.meta.unbox(abstract["params"])).items()}
-  got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
-  problems = [f"{k}: missing" for k in sorted(set(want) - set(got))]
-  problems += [f"{k}: not a ViT parameter" for k in sorted(set(got) - set(want))]
-  problems += [f"{k}: HF gives {got[k]}, config {c.width}w/{c.patch_size}p/{c.image_size}px "
-               f"needs {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
-  if problems:
-    raise ValueError("HF ViT weights do not fit the config: " + "; ".join(problems))
+  shape_check.check_fits(params, abstract["params"], "HF ViT",
+                         needs=f"config {c.width}w/{c.patch_size}p/{c.image_size}px needs")
 
 
 def load_hf_vit(folder: Union[str, pathlib.Path], **overrides) -> Tuple[ViTConfig, dict]:
