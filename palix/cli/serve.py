@@ -31,8 +31,6 @@ def run(argv):
     argv.append(f"--gin.CHECKPOINT_PATH={os.path.abspath(known.checkpoint)!r}")
 
   from palix.serve import server  # pylint: disable=g-import-not-at-top  # after the flag checks
-  # load_generator imports these lazily; gin needs their configurables before it is locked.
-  from palix.training import infer  # noqa: F401  # pylint: disable=g-import-not-at-top
   from palix.training import run_config  # pylint: disable=g-import-not-at-top
   args = run_config.parse_run_flags(argv, parser)
   overrides = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k) is not None}
