@@ -51,6 +51,7 @@ from palix.tasks import tf_setup
 from palix.tasks.sources import base
 
 DataError = base.DataError
+logger = logging.getLogger(__name__)
 AUGMENT_SPLITS = ("train",)
 
 
@@ -130,11 +131,14 @@ def example_stream(task: class_tasks.ClassTask, *, split: str, rows: int, seed: 
   return elements.map(plain(position)).map(plain(load), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _flip_seed(example):
+  return tf.random.experimental.stateless_fold_in(example["seed"], 1)
+
+
 def _square_image(example, *, image_size: int, resize_mode: str, flip: bool):
   image = image_ops.resize(example["pixels"], image_size, resize_mode)
   if flip:
-    flip_seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)
-    image = tf.cond(example["augment"], lambda: image_ops.random_flip(image, flip_seed),
+    image = tf.cond(example["augment"], lambda: image_ops.random_flip(image, _flip_seed(example)),
                     lambda: image)
   return {"images": image_ops.to_unit_range(image), "labels": example["label"],
           "image_mask": tf.cast(example["real"], tf.int32)}
@@ -143,8 +147,8 @@ def _square_image(example, *, image_size: int, resize_mode: str, flip: bool):
 def _flip_flag(example, flip: bool):
   if not flip:
     return None
-  flip_seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)
-  return tf.logical_and(example["augment"], tf.random.stateless_uniform([], flip_seed) < 0.5)
+  return tf.logical_and(example["augment"],
+                        tf.random.stateless_uniform([], _flip_seed(example)) < 0.5)
 
 
 def _sequence(example, *, options: packing_lib.PackingOptions, training: bool, flip: bool):
@@ -168,8 +172,7 @@ def _windows(windows, task_name: str, split: str):
     yield images
 
 
-def _packed_batches(windows, packer: packing_lib.WindowPacker, options, *, training: bool,
-                    resumed: bool):
+def _packed_batches(windows, packer: packing_lib.WindowPacker, options, *, resumed: bool):
   pack = lambda rows: packing_lib.pack_rows(
       rows, seq_len=options.seq_len, max_images=options.max_images,
       patch_dim=options.patch_size ** 2 * 3, feature_dtypes={"labels": np.int32})
@@ -180,8 +183,8 @@ def _packed_batches(windows, packer: packing_lib.WindowPacker, options, *, train
     rows, carried = packer.step(window, carried)
     yield pack(rows)
     if packer.stats.steps % 100 == 0:
-      logging.info("%s", packer.stats.summary())
-  if not training:
+      logger.info("%s", packer.stats.summary())
+  if packer.carry_all:  # a finite pass: pack what still waits
     for rows in packer.flush(carried):
       yield pack(rows)
 
@@ -266,5 +269,4 @@ def _get_packed_batches(task: class_tasks.ClassTask, *, split: str, rows: int, s
   packer = packing_lib.WindowPacker(
       rows=rows, seq_len=options.seq_len, max_images=options.max_images, stats=stats,
       carry_all=not repeat, min_kept_share=options.min_kept_share if training else None)
-  return _packed_batches(_windows(arrays, task.name, split), packer, options, training=training,
-                         resumed=resumed)
+  return _packed_batches(_windows(arrays, task.name, split), packer, options, resumed=resumed)
