@@ -195,6 +195,16 @@ def test_predictions_do_not_depend_on_the_batch_size(batch4_run, batch1_run):
           == json.loads((batch1_run / "metrics.json").read_text()))
 
 
+def test_answers_that_fill_the_decoding_length_are_flagged_truncated(batch4_run):
+  """Random weights rarely emit EOS: most answers fill all LENGTHS['targets'] steps."""
+  flags = []
+  for task in TASKS:
+    for r in _predictions(batch4_run, task):
+      assert r["truncated"] == (len(r["output_ids"]) == LENGTHS["targets"]), (task, r["index"])
+      flags.append(r["truncated"])
+  assert any(flags)
+
+
 def test_unset_required_macros_are_named(capsys):
   with pytest.raises(SystemExit):
     _palix_eval("--gin.MIXTURE_OR_TASK_NAME='easy_vqa'")
