@@ -40,7 +40,7 @@ def test_shift_right_inserts_bos_and_drops_the_last_token(xp):
                                 [9, 5, 6, 1])
 
 
-def test_task_lengths_must_fit_the_models_lengths():
+def test_task_lengths_must_fit_the_models_lengths(tmp_path):
   from palix.models.palix_model import PaliXModel  # pylint: disable=g-import-not-at-top
   from palix.training.checkpoint_split import CheckpointSplit  # pylint: disable=g-import-not-at-top
   model = PaliXModel(None, max_input_len=16, max_target_len=8)
@@ -60,3 +60,13 @@ def test_task_lengths_must_fit_the_models_lengths():
                           get_batches_fn=no_data)
   with pytest.raises(ValueError, match="max_input_len"):
     split.open()
+  # The trainer and palix eval check at start-up too, before reading any data or checkpoint.
+  from palix.eval import evaluator  # pylint: disable=g-import-not-at-top
+  from palix.training import trainer  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="PaliXModel.max_target_len = 8"):
+    trainer.train(model=model, model_dir=str(tmp_path), train_steps=1, batch_size=1,
+                  mixture_or_task_name="t", task_feature_lengths={"inputs": 8, "targets": 9},
+                  get_batches_fn=no_data, optimizer=None)
+  with pytest.raises(ValueError, match="PaliXModel.max_input_len = 16"):
+    evaluator.evaluate(model=model, checkpoint_path="/nonexistent", mixture_or_task_name="t",
+                       task_feature_lengths={"inputs": 20, "targets": 99})
