@@ -27,12 +27,13 @@ def t5_gin(config, source: str) -> str:
 
 
 def vit_gin(config, source: str) -> str:
-  """gin bindings for a resolved ``ViTConfig``; layer classes go through the ``vit.*`` constants."""
+  """gin bindings for a resolved ``ViTConfig``; layer classes and the MLP activation go through
+  the ``vit.*`` constants."""
   lines = [f"# Converted by `palix convert` from {source} (ViTModel).", "import palix.models.vit",
            ""]
   for field in dataclasses.fields(config):
     value = getattr(config, field.name)
-    text = f"%vit.{value.__name__}" if isinstance(value, type) else repr(value)
+    text = f"%vit.{value.__name__}" if callable(value) else repr(value)
     lines.append(f"ViTConfig.{field.name} = {text}")
   lines += ["VisionEncoder.config = @ViTConfig()", "MODEL = @VisionEncoder()"]
   return "\n".join(lines) + "\n"

@@ -13,6 +13,12 @@ def gelu_exact(x):
   return nn.gelu(x, approximate=False)
 
 
+def gelu_tanh(x):
+  """GELU, tanh approximation: flax's ``nn.gelu`` default, so big_vision's ViTs and SigLIP towers
+  use it; T5.1.1's gated-gelu; Hugging Face ``gelu_new`` / ``gelu_pytorch_tanh``."""
+  return nn.gelu(x, approximate=True)
+
+
 class Mlp(nn.Module):
   """Dense -> activation -> Dense, with optional biases (ViT keeps them, T5 drops them)."""
   mlp_dim: int

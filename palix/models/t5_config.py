@@ -12,12 +12,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from palix.layers.mlp import gelu_tanh  # T5.1.1's gated-gelu (shared with the ViT MLP)
 from palix.layers.relative_position import log_bucket_thresholds
-
-
-def gelu_tanh(x):
-  """GELU, tanh approximation (T5.1.1's gated-gelu; Hugging Face ``gelu_new``)."""
-  return nn.gelu(x, approximate=True)
 
 
 def silu(x):

@@ -28,7 +28,7 @@ same blocks, attention only within an image and one pooled vector per image slot
 
 import dataclasses
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import gin
@@ -39,7 +39,7 @@ from palix.layers import initializers as inits
 from palix.layers.adatape import AdaTape, AdaTapeConfig
 from palix.layers.attention import MultiHeadAttention, dot_product_attention
 from palix.layers.masks import segment_mask
-from palix.layers.mlp import Mlp, gelu_exact
+from palix.layers.mlp import Mlp, gelu_exact, gelu_tanh
 from palix.layers.norms import LayerNorm
 from palix.layers.patch import ConvPatchEmbed, DualPatchNormEmbed
 from palix.layers.pooling import GlobalAveragePool, MAPHead, NoPool
@@ -96,6 +96,9 @@ class ViTConfig:
   #                     (None: LearnedPosEmb)
   pool: Any = None  # NoPool, GlobalAveragePool or MAPHead (None: NoPool)
   mlp: Any = None  # MLP class for the sequential block (None: Mlp)
+  # GELU of every MLP (blocks, Soft MoE experts, MAP head): vit.gelu_exact (erf, HF ViT) or
+  # vit.gelu_tanh (flax's default: big_vision ViTs, SigLIP)
+  mlp_activation: Callable = gelu_exact
   moe: Optional[SoftMoeConfig] = None  # Soft MoE in the last blocks (None: all dense)
   adatape: Optional[AdaTapeConfig] = None  # AdaTape tape tokens (None: a fixed-length sequence)
   class_token: bool = False
@@ -161,7 +164,7 @@ class ViTConfig:
 
 
 def _make_soft_moe(c: ViTConfig, kw) -> SoftMoe:
-  return SoftMoe(c.moe, c.mlp_dim, activation=gelu_exact, use_bias=c.mlp_bias,
+  return SoftMoe(c.moe, c.mlp_dim, activation=c.mlp_activation, use_bias=c.mlp_bias,
                  dropout_rate=c.dropout_rate, name="moe", **kw)
 
 
@@ -184,7 +187,7 @@ class SequentialBlock(nn.Module):
     if self.use_moe:
       y = _make_soft_moe(c, kw)(y, segment_ids, deterministic)
     else:
-      y = c.mlp(c.mlp_dim, activation=gelu_exact, use_bias=c.mlp_bias,
+      y = c.mlp(c.mlp_dim, activation=c.mlp_activation, use_bias=c.mlp_bias,
                 dropout_rate=c.dropout_rate, name="mlp", **kw)(y, deterministic)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -235,7 +238,7 @@ class ParallelBlock(nn.Module):
     if self.use_moe:
       y = fused_out(a) + _make_soft_moe(c, kw)(y, segment_ids, deterministic)
     else:
-      u = nn.with_logical_constraint(gelu_exact(u), ("batch", "length", "mlp"))
+      u = nn.with_logical_constraint(c.mlp_activation(u), ("batch", "length", "mlp"))
       y = fused_out(jnp.concatenate([a, u], axis=-1))
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -352,7 +355,7 @@ def _make_posemb(c: ViTConfig, name: str):
 
 def _make_pool(c: ViTConfig, name: str):
   if c.pool is MAPHead:
-    return MAPHead(num_heads=c.num_heads, mlp_dim=c.mlp_dim, activation=gelu_exact,
+    return MAPHead(num_heads=c.num_heads, mlp_dim=c.mlp_dim, activation=c.mlp_activation,
                    layer_norm_eps=c.layer_norm_eps, dtype=c.compute_dtype,
                    param_dtype=c.params_dtype, name=name)
   return c.pool(name=name)
@@ -477,7 +480,7 @@ class ViT(nn.Module):
 
 for _cls in (SequentialBlock, ParallelBlock, ConvPatchEmbed, DualPatchNormEmbed, LearnedPosEmb,
              SinCos2DPosEmb, FactorizedPosEmb, SinCosFactorizedPosEmb, NoPool, GlobalAveragePool,
-             MAPHead, Mlp):
+             MAPHead, Mlp, gelu_exact, gelu_tanh):
   gin.constant(f"vit.{_cls.__name__}", _cls)
 
 
