@@ -26,6 +26,7 @@ from palix.tasks.sources import easy_vqa
 from palix.tasks.sources import episodes
 from palix.tasks.sources import fashion_mnist
 from palix.tasks.sources import moving_shapes
+from palix.tasks.sources import shapes_captions
 from palix.tasks.sources import shapes_detection
 
 
@@ -109,6 +110,9 @@ BUILTIN_TASKS: Dict[str, BuiltinTask] = {
         postprocess_fn=postprocessors.detection,
         metric_fns=(functools.partial(aux_metrics.coco_map_from_token_scores,
                                       label_names=shapes_detection.CLASSES),)),
+    "shapes_captions": BuiltinTask(
+        shapes_captions.ShapesCaptionSource, preprocessors.DecodeMedia(),
+        description="1-4 objects per 128px canvas, a caption naming them (OWL-ST, docs/owl.md)"),
     "moving_shapes_vqa": BuiltinTask(
         lambda: moving_shapes.MovingShapesSource("vqa", num_frames=MOVING_SHAPES_FRAMES),
         preprocessors.DecodeMedia(),

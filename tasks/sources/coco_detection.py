@@ -19,6 +19,7 @@ from typing import Dict, Iterator, List, Mapping, Tuple
 
 from palix.tasks import prompts
 from palix.tasks.sources import base
+from palix.tasks.sources import coco_boxes
 from palix.tasks.sources import json_io
 
 
@@ -83,18 +84,8 @@ class CocoDetectionSource(base.TableSource):
 
   def _normalised_box(self, bbox, image, where) -> Tuple[float, float, float, float]:
     file_name, width, height = image
-    if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-      raise base.DataError(f"{where}: bbox should be [x, y, w, h] numbers; got {bbox}")
-    x, y, w, h = (float(v) for v in bbox)
-    tol = self.border_tolerance
-    if w <= 0 or h <= 0:
-      raise base.DataError(f"{where}: bbox {bbox} of {file_name} has no area")
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-      raise base.DataError(f"{where}: bbox {bbox} lies outside the {width}x{height} image "
-                           f"{file_name}")
-    clip = lambda v, hi: min(max(v, 0.0), hi)
-    return (clip(y, height) / height, clip(x, width) / width,
-            clip(y + h, height) / height, clip(x + w, width) / width)
+    return coco_boxes.normalised_box(bbox, width, height, f"{where} of {file_name}",
+                                     self.border_tolerance)
 
   @staticmethod
   def _record(image_id, found, path, where) -> base.Record:

@@ -58,6 +58,12 @@ class ShapesDetectionSource(base.PythonSource):
 
   def objects(self, split: str, index: int) -> Tuple[np.ndarray, List[Tuple[Tuple[int, ...], str]]]:
     """``(canvas uint8 [H, W, 3], [((top, left, bottom, right) pixels, label), ...])``."""
+    canvas, placed = self.placed_sprites(split, index)
+    return canvas, [(box, sprite.label) for box, sprite in placed]
+
+  def placed_sprites(self, split: str, index: int
+                     ) -> Tuple[np.ndarray, List[Tuple[Tuple[int, ...], sprites.Sprite]]]:
+    """``objects`` with each object's whole ``Sprite`` (its colour, for captions)."""
     rng = self.rng(split, index)
     canvas = sprites.pale_background(rng, self.canvas, self.canvas)
     wanted = int(rng.integers(self.min_objects, self.max_objects + 1))
@@ -72,7 +78,7 @@ class ShapesDetectionSource(base.PythonSource):
         continue
       top, left = corner
       sprites.paste(canvas, sprite, top, left)
-      placed.append(((top, left, top + sprite.size[0], left + sprite.size[1]), sprite.label))
+      placed.append(((top, left, top + sprite.size[0], left + sprite.size[1]), sprite))
     if len(placed) < self.min_objects:
       raise RuntimeError(f"could not place {self.min_objects} objects on canvas {split}:{index}; "
                          "use a larger canvas")

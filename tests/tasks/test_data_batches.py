@@ -44,7 +44,7 @@ def test_list_tasks_has_the_builtins():
 
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=needs_fashion_mnist) if name in (
-        "fashion_mnist_caption", "shapes_detection") else name
+        "fashion_mnist_caption", "shapes_detection", "shapes_captions") else name
     for name in sorted(registry.BUILTIN_TASKS)
     if name not in registry.EPISODE_TASKS])  # several images per example: test_episodes.py
 def test_every_builtin_task_yields_model_batches(name, vocab):
