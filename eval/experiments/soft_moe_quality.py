@@ -33,6 +33,7 @@ from typing import Dict, List
 import gin
 import jax
 import numpy as np
+import scipy.stats
 
 from palix import config as palix_config
 from palix import model_stats
@@ -149,10 +150,14 @@ def summary(results) -> Dict[str, dict]:
   pairs = {}
   for r in results["runs"]:
     pairs.setdefault(r["seed"], {})[r["arm"]] = r["test_accuracy"]
-  diffs = [p["soft_moe"] - p["dense"] for p in pairs.values() if len(p) == 2]
+  both = [p for p in pairs.values() if len(p) == 2]
+  diffs = [p["soft_moe"] - p["dense"] for p in both]
   out["paired_difference"] = {"mean": statistics.mean(diffs), "std": statistics.stdev(diffs)
                               if len(diffs) > 1 else 0.0, "n": len(diffs),
-                              "all_positive": all(d > 0 for d in diffs)}
+                              "positive": sum(d > 0 for d in diffs)}
+  if len(both) > 1:  # is the gain larger than the seed-to-seed spread?
+    test = scipy.stats.ttest_rel([p["soft_moe"] for p in both], [p["dense"] for p in both])
+    out["paired_difference"].update(t=float(test.statistic), p_value=float(test.pvalue))
   return out
 
 
@@ -173,8 +178,8 @@ def plot(results, stats, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, (curves, final) = plt.subplots(1, 2, figsize=(10, 4),
-                                      gridspec_kw={"width_ratios": [2.2, 1]})
+  fig, (curves, final, routing) = plt.subplots(1, 3, figsize=(14, 4),
+                                               gridspec_kw={"width_ratios": [2.2, 1, 1.6]})
   colors = {"dense": "tab:gray", "soft_moe": "tab:blue"}
   for arm in ARMS:
     runs = [r for r in results["runs"] if r["arm"] == arm]
@@ -204,10 +209,30 @@ def plot(results, stats, path):
   hi = max(r["test_accuracy"] for r in results["runs"]) * 100
   final.set_ylim(lo - 2, hi + 1.5)
   final.set_title("10,000 test images; dots = seeds", fontsize=10)
+  _plot_routing(routing, [r for r in results["runs"] if r["arm"] == "soft_moe"])
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _plot_routing(ax, runs):
+  """The Soft MoE runs' routing statistics (logged by the classifier) against uniform routing."""
+  tokens = (IMAGE_SIZE // 4) ** 2  # the tiny classifier's patch 4
+  slots = 32
+  styles = {"moe/dispatch_max": ("tab:blue", f"dispatch max (uniform: 1/{tokens} tokens)",
+                                 1 / tokens),
+            "moe/combine_max": ("tab:orange", f"combine max (uniform: 1/{slots} slots)", 1 / slots)}
+  for name, (color, label, uniform) in styles.items():
+    for i, run in enumerate(r for r in runs if name in r["curve"][-1]):
+      points = [(p["step"], p[name]) for p in run["curve"] if name in p]
+      ax.plot(*zip(*points), color=color, alpha=0.8, label=label if i == 0 else None)
+    ax.axhline(uniform, color=color, ls=":")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("mean over slots / tokens and MoE layers")
+  ax.set_ylim(0, None)
+  ax.legend(loc="lower right", fontsize=8)
+  ax.set_title("Soft MoE routing (dotted: uniform)", fontsize=10)
 
 
 def main(argv=None):
@@ -229,8 +254,9 @@ def main(argv=None):
           f"accuracy {100 * stats[arm]['mean']:.2f} ± {100 * stats[arm]['std']:.2f} % "
           f"(n={stats[arm]['n']}), {stats[arm]['cpu_minutes']:.1f} CPU-min per run")
   d = stats["paired_difference"]
-  print(f"soft_moe - dense (paired by seed): {100 * d['mean']:+.2f} ± {100 * d['std']:.2f} points; "
-        f"positive for every seed: {d['all_positive']}")
+  print(f"soft_moe - dense (paired by seed): {100 * d['mean']:+.2f} ± {100 * d['std']:.2f} points, "
+        f"positive for {d['positive']} of {d['n']} seeds; paired t = {d.get('t', float('nan')):.2f}, "
+        f"two-sided p = {d.get('p_value', float('nan')):.2f}")
   if args.json:
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
