@@ -287,7 +287,8 @@ class WindowPacker:
   (:meth:`leftover`).
 
   Finite passes (``carry_all=True``, evaluation): nothing is dropped; images that do not fit wait
-  (oldest first) until they do, and :meth:`flush` packs what is left after the last window.
+  and are packed again with the next window (all of them largest first), and :meth:`flush` packs
+  what is left after the last window.
   """
 
   def __init__(self, *, rows: int, seq_len: int, max_images: int,
