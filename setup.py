@@ -31,6 +31,8 @@ CORE = [
     "tensorboard==2.21.0",
     "pillow==13.0.0",
     "scipy==1.17.1",  # palix.sparsity fits the scaling law with scipy.optimize
+    "tensorstore==0.1.86",  # palix.interop.t5x reads T5X's legacy checkpoints (also orbax's)
+    "safetensors==0.8.0",  # palix.interop.hf_export writes Hugging Face folders
 ]
 DATA = [
     "seqio==0.0.20",  # pulls clu and tensorflow-datasets (palix imports neither)

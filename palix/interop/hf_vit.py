@@ -12,7 +12,8 @@ Three entry points:
 
 The HF ViT is a pre-LN ViT with a class token, a conv stem, a learned position table and an
 erf-GELU MLP; ``out["encoded"]`` of the imported palix ViT equals HF's ``last_hidden_state``
-(palix takes NHWC images, HF takes NCHW ``pixel_values``). Both the checkpoint names written by
+(palix takes NHWC images, HF takes NCHW ``pixel_values``). ``hidden_act`` ``gelu`` is the
+exact GELU, ``gelu_pytorch_tanh`` / ``gelu_new`` the tanh one (``ViTConfig.mlp_activation``). Both the checkpoint names written by
 ``save_pretrained`` (``encoder.layer.i.attention.attention.query``...) and the in-memory module
 names of transformers 5 (``layers.i.attention.q_proj``...) are accepted, with or without the
 ``vit.`` prefix of ``ViTForImageClassification``. The ``pooler.*`` and ``classifier.*`` heads have
@@ -32,13 +33,15 @@ import numpy as np
 
 from palix.interop import shape_check
 from palix.interop.safetensors_file import read_safetensors
-from palix.layers.mlp import Mlp
+from palix.layers.mlp import Mlp, gelu_exact, gelu_tanh
 from palix.layers.patch import ConvPatchEmbed
 from palix.layers.pooling import NoPool
 from palix.layers.position import LearnedPosEmb
 from palix.models.vit import SequentialBlock, ViT, ViTConfig
 
 HEAD_PREFIXES = ("pooler.", "classifier.")
+# HF hidden_act -> palix ViTConfig.mlp_activation.
+_HIDDEN_ACTS = {"gelu": gelu_exact, "gelu_pytorch_tanh": gelu_tanh, "gelu_new": gelu_tanh}
 
 # transformers>=5 module names -> the checkpoint names that save_pretrained writes.
 _V5_LAYER_RENAMES = {
@@ -79,9 +82,9 @@ def vit_config_from_hf(hf_config: Any, **overrides) -> ViTConfig:
   if model_type != "vit":
     raise ValueError(f"HF config has model_type={model_type!r}; this importer reads 'vit'")
   act = _field(hf_config, "hidden_act", "gelu")
-  if act != "gelu":
-    raise ValueError(f"HF ViT config: hidden_act={act!r} is not supported; palix's ViT uses the "
-                     "exact (erf) GELU, which HF calls 'gelu'")
+  if act not in _HIDDEN_ACTS:
+    raise ValueError(f"HF ViT config: hidden_act={act!r} is not supported; palix's ViT has the "
+                     f"exact (erf) and the tanh GELU ({', '.join(_HIDDEN_ACTS)})")
   if _field(hf_config, "num_channels", 3) != 3:
     raise ValueError(f"HF ViT config: num_channels={_field(hf_config, 'num_channels')}; palix's "
                      "ViT reads RGB images (3 channels)")
@@ -100,8 +103,8 @@ def vit_config_from_hf(hf_config: Any, **overrides) -> ViTConfig:
       patch_size=_square(hf_config, "patch_size"),
       image_size=_square(hf_config, "image_size"),
       block=SequentialBlock, patch_embed=ConvPatchEmbed, posemb=LearnedPosEmb, pool=NoPool,
-      mlp=Mlp, class_token=True, qk_norm=False, qkv_bias=True, norm_bias=True, mlp_bias=True,
-      layer_norm_eps=float(_field(hf_config, "layer_norm_eps", 1e-12)),
+      mlp=Mlp, mlp_activation=_HIDDEN_ACTS[act], class_token=True, qk_norm=False, qkv_bias=True,
+      norm_bias=True, mlp_bias=True, layer_norm_eps=float(_field(hf_config, "layer_norm_eps", 1e-12)),
       **overrides)
   return config.resolved()
 
