@@ -43,14 +43,9 @@ def ordinal_cross_entropy(logits, targets, *, first_id: int, num_bins: int, sigm
   return -jnp.sum(jnp.exp(log_q) * log_p, axis=-1) - entropy, is_ordinal
 
 
-def weighted_cross_entropy_loss(logits, targets, weights, *, label_smoothing=0.0, z_loss=0.0,
-                                normalization="tokens", ordinal_bins=None):
-  """Scalar loss and metrics. ``normalization``: mean per real token, or per sequence.
-
-  ``ordinal_bins``: ``(first_id, num_bins, sigma)`` gives those targets the Gaussian targets of
-  :func:`ordinal_cross_entropy` (in place of one-hot and label smoothing).
-  """
-  weights = weights.astype(jnp.float32)
+def token_cross_entropy(logits, targets, *, label_smoothing=0.0, z_loss=0.0, ordinal_bins=None):
+  """Per-token ``(loss, z_loss_term)``: :func:`cross_entropy_with_z_loss`, with the Gaussian
+  targets of :func:`ordinal_cross_entropy` for the ``ordinal_bins`` tokens when given."""
   token_loss, token_z = cross_entropy_with_z_loss(
       logits, targets, label_smoothing=label_smoothing, z_loss=z_loss)
   if ordinal_bins is not None:
@@ -58,14 +53,43 @@ def weighted_cross_entropy_loss(logits, targets, weights, *, label_smoothing=0.0
     ordinal, is_ordinal = ordinal_cross_entropy(logits, targets, first_id=first_id,
                                                 num_bins=num_bins, sigma=sigma)
     token_loss = jnp.where(is_ordinal, ordinal + token_z, token_loss)
+  return token_loss, token_z
+
+
+def example_sums(values, segment_ids=None, num_segments=None):
+  """Per-example sums of per-token ``values [B, L]``: ``[B]`` (one example per row), or with
+  packed rows (``segment_ids [B, L]``, 1..num_segments, 0 = padding) ``[B, num_segments]``."""
+  if segment_ids is None:
+    return values.sum(-1)
+  one_hot = jax.nn.one_hot(segment_ids - 1, num_segments, dtype=values.dtype)  # 0 -> all zeros
+  return jnp.einsum("bl,bls->bs", values, one_hot)
+
+
+def weighted_cross_entropy_loss(logits, targets, weights, *, label_smoothing=0.0, z_loss=0.0,
+                                normalization="tokens", ordinal_bins=None, segment_ids=None,
+                                num_segments=None):
+  """Scalar loss and metrics. ``normalization``: mean per real token, or per sequence.
+
+  ``ordinal_bins``: ``(first_id, num_bins, sigma)`` gives those targets the Gaussian targets of
+  :func:`ordinal_cross_entropy` (in place of one-hot and label smoothing). Packed rows give
+  ``segment_ids`` and ``num_segments`` (:func:`example_sums`): a sequence is then one segment.
+  """
+  weights = weights.astype(jnp.float32)
+  token_loss, token_z = token_cross_entropy(logits, targets, label_smoothing=label_smoothing,
+                                            z_loss=z_loss, ordinal_bins=ordinal_bins)
   num_tokens = weights.sum()
+  denom = jnp.maximum(num_tokens, 1.0)
+  sequence_weights = example_sums(weights, segment_ids, num_segments)
   if normalization == "tokens":
-    denom = jnp.maximum(num_tokens, 1.0)
     loss = (token_loss * weights).sum() / denom
   else:
-    per_seq = (token_loss * weights).sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
-    loss = per_seq.mean()
-    denom = jnp.maximum(num_tokens, 1.0)
+    per_seq = (example_sums(token_loss * weights, segment_ids, num_segments)
+               / jnp.maximum(sequence_weights, 1.0))
+    if segment_ids is None:
+      loss = per_seq.mean()
+    else:  # the mean over the segments present (a packed row has empty slots)
+      present = (sequence_weights > 0).astype(jnp.float32)
+      loss = (per_seq * present).sum() / jnp.maximum(present.sum(), 1.0)
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   metrics = {
       "loss": loss,
@@ -73,6 +97,7 @@ def weighted_cross_entropy_loss(logits, targets, weights, *, label_smoothing=0.0
       "z_loss": (token_z * weights).sum() / denom,
       "accuracy": (correct * weights).sum() / denom,
       "num_tokens": num_tokens,
-      "num_examples": jnp.asarray(targets.shape[0], jnp.float32),
+      "num_examples": (jnp.asarray(targets.shape[0], jnp.float32) if segment_ids is None
+                       else (sequence_weights > 0).sum().astype(jnp.float32)),
   }
   return loss, metrics

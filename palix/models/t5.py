@@ -11,6 +11,10 @@ no biases, attention logits not scaled, untied output logits. ``T5Config`` picks
   visual tokens in front of the text; relative positions run over the whole concatenated sequence
   (``0..Le-1``, or the per-example ``positions`` given);
 * ``decode(encoded, encoder_mask, decoder_input_tokens)`` -> float32 logits (teacher forcing);
+* packed rows (several examples per row, T5X's packing): ``encode(..., segment_ids=...)`` and
+  ``decode(..., decoder_segment_ids=..., decoder_positions=..., encoder_segment_ids=...)`` keep
+  attention within a segment and count relative positions per segment, so every example gets
+  what it gets alone;
 * ``init_decode_cache`` / ``decode_step`` for autoregressive decoding. The cache is a plain dict
   whose every array has batch as axis 0 and the step index is an explicit argument, so beam search
   can gather or reshape it freely. Decoding ``step = 0 .. T-1`` reproduces ``decode``.
@@ -62,12 +66,15 @@ class T5EncoderDecoder(nn.Module):
     x = self.token_embedder(tokens.astype(jnp.int32))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-  def encode(self, input_embeds, input_mask, *, positions=None, deterministic: bool = True):
+  def encode(self, input_embeds, input_mask, *, positions=None, segment_ids=None,
+             deterministic: bool = True):
     """Embeddings ``[B, Le, D]`` and mask ``[B, Le]`` (0 = padding) -> encoded ``[B, Le, D]``.
 
     ``positions`` (optional int ``[B, Le]``, default ``0..Le-1`` for every example) are what the
     relative position bias sees; PaLI-X passes ``cumsum(mask) - 1`` so that masked-out image slots
-    do not shift the text. Padded keys are masked whatever their position.
+    do not shift the text. Padded keys are masked whatever their position. ``segment_ids``
+    (optional int ``[B, Le]``, 0 = padding) restrict attention to a token's own segment (packed
+    rows; give per-segment ``positions`` with them).
     """
     d = self.config.emb_dim
     input_embeds, input_mask = jnp.asarray(input_embeds), jnp.asarray(input_mask)
@@ -81,19 +88,36 @@ class T5EncoderDecoder(nn.Module):
         raise _shape_error("positions", f"[batch, length] = {tuple(input_embeds.shape[:2])} "
                            "(that of input_embeds)", positions)
       positions = jnp.asarray(positions).astype(jnp.int32)
+    if segment_ids is not None:
+      if tuple(jnp.shape(segment_ids)) != tuple(input_embeds.shape[:2]):
+        raise _shape_error("segment_ids", f"[batch, length] = {tuple(input_embeds.shape[:2])} "
+                           "(that of input_embeds)", segment_ids)
+      segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
     return self.encoder(input_embeds, input_mask, deterministic=deterministic,
-                        positions=positions)
+                        positions=positions, segment_ids=segment_ids)
 
-  def decode(self, encoded, encoder_mask, decoder_input_tokens, *, deterministic: bool = True):
-    """Teacher forcing: ``decoder_input_tokens [B, Ld]`` -> logits ``[B, Ld, V]`` (float32)."""
+  def decode(self, encoded, encoder_mask, decoder_input_tokens, *, decoder_segment_ids=None,
+             decoder_positions=None, encoder_segment_ids=None, deterministic: bool = True):
+    """Teacher forcing: ``decoder_input_tokens [B, Ld]`` -> logits ``[B, Ld, V]`` (float32).
+
+    Packed targets give ``decoder_segment_ids`` and ``decoder_positions`` ``[B, Ld]`` and the
+    ``encoder_segment_ids`` ``[B, Le]`` of the rows they were encoded with.
+    """
     encoded, encoder_mask = jnp.asarray(encoded), jnp.asarray(encoder_mask)
     decoder_input_tokens = jnp.asarray(decoder_input_tokens)
     self._check_encoded(encoded, encoder_mask)
     if decoder_input_tokens.ndim != 2 or decoder_input_tokens.shape[0] != encoded.shape[0]:
       raise _shape_error("decoder_input_tokens", f"[batch={encoded.shape[0]}, length]",
                          decoder_input_tokens)
+    for name, value, like in (("decoder_segment_ids", decoder_segment_ids, decoder_input_tokens),
+                              ("decoder_positions", decoder_positions, decoder_input_tokens),
+                              ("encoder_segment_ids", encoder_segment_ids, encoder_mask)):
+      if value is not None and tuple(jnp.shape(value)) != tuple(like.shape):
+        raise _shape_error(name, f"{tuple(like.shape)}", value)
     y = self.embed(decoder_input_tokens)
-    y = self.decoder(y, encoded, encoder_mask, deterministic=deterministic)
+    y = self.decoder(y, encoded, encoder_mask, deterministic=deterministic,
+                     segment_ids=decoder_segment_ids, positions=decoder_positions,
+                     encoder_segment_ids=encoder_segment_ids)
     return self._logits(y)
 
   def init_decode_cache(self, encoded, encoder_mask, max_decode_len: int):

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palix.layers.masks import causal_mask
+from palix.layers.masks import causal_mask, segment_mask
 from palix.layers.mlp import GatedMlp
 from palix.layers.norms import RMSNorm
 from palix.layers.relative_position import RelativePositionBias
@@ -104,16 +104,22 @@ class Encoder(nn.Module):
   """Embeddings ``[B, L, D]`` and a validity mask ``[B, L]`` -> encoded ``[B, L, D]``.
 
   ``positions`` (int ``[B, L]``, default ``0..L-1``) place the tokens for the relative position bias.
+  ``segment_ids`` (int ``[B, L]``, 0 = padding; packed rows): a token attends only to tokens of its
+  own segment; without them every token attends to every real key.
   """
   config: Any
 
   @nn.compact
-  def __call__(self, x, mask, deterministic=True, positions=None):
+  def __call__(self, x, mask, deterministic=True, positions=None, segment_ids=None):
     c = self.config
     dropout = nn.Dropout(c.dropout_rate)
     if positions is None:
       positions = jnp.arange(x.shape[1])
-    context = dict(mask=mask.astype(bool)[:, None, None, :],  # padded keys only, as T5/HF do
+    if segment_ids is None:
+      attention_mask = mask.astype(bool)[:, None, None, :]  # padded keys only, as T5/HF do
+    else:
+      attention_mask = segment_mask(segment_ids)
+    context = dict(mask=attention_mask,
                    bias=_relpos(c, True, "relpos_bias")(positions, positions))
     x = dropout(x.astype(c.compute_dtype), deterministic=deterministic)
     layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, None)
@@ -198,14 +204,28 @@ class Decoder(nn.Module):
     x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, EMBED_AXES)
 
-  def __call__(self, y, encoded, encoder_mask, deterministic=True):
-    """Teacher forcing: target embeddings ``[B, Ld, D]`` -> hidden states ``[B, Ld, D]``."""
+  def __call__(self, y, encoded, encoder_mask, deterministic=True, segment_ids=None,
+               positions=None, encoder_segment_ids=None):
+    """Teacher forcing: target embeddings ``[B, Ld, D]`` -> hidden states ``[B, Ld, D]``.
+
+    Packed rows (T5X's packing) give ``segment_ids`` ``[B, Ld]`` (0 = padding), per-segment
+    ``positions`` and the encoder's ``encoder_segment_ids`` ``[B, Le]``: self-attention is causal
+    within a segment and cross-attention sees the encoder tokens of the same segment only.
+    """
     c = self.config
-    positions = jnp.arange(y.shape[1])
-    context = dict(encoded=encoded.astype(c.compute_dtype),
-                   cross_mask=encoder_mask.astype(bool)[:, None, None, :],
-                   self_mask=causal_mask(y.shape[1]),
-                   self_bias=self.relpos_bias(positions, positions))
+    if positions is None:
+      positions = jnp.arange(y.shape[1])
+    if segment_ids is None:
+      self_mask = causal_mask(y.shape[1])
+      cross_mask = encoder_mask.astype(bool)[:, None, None, :]
+    else:
+      if encoder_segment_ids is None:
+        raise ValueError("Decoder: packed targets (segment_ids) need the encoder's "
+                         "encoder_segment_ids for cross-attention")
+      self_mask = causal_mask(y.shape[1]) & segment_mask(segment_ids)
+      cross_mask = segment_mask(segment_ids, encoder_segment_ids)
+    context = dict(encoded=encoded.astype(c.compute_dtype), cross_mask=cross_mask,
+                   self_mask=self_mask, self_bias=self.relpos_bias(positions, positions))
     y = self.dropout(y.astype(c.compute_dtype), deterministic=deterministic)
     y, _ = _run_layers(self.layers, "__call__", y, context, deterministic, c.num_decoder_layers)
     return self._finish(y, deterministic)

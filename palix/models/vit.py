@@ -419,8 +419,8 @@ class ViT(nn.Module):
     out["pre_logits"] = pooled
     return pooled, out
 
-  def encode_packed(self, patches, image_ids, ys, xs, grid_sizes, *, train: bool = False
-                    ) -> Tuple[Any, dict]:
+  def encode_packed(self, patches, image_ids, ys, xs, grid_sizes, *, train: bool = False,
+                    added_embedding=None) -> Tuple[Any, dict]:
     """Packed sequences (NaViT) -> ``(one vector per image slot [B, K, D], out)``.
 
     Args:
@@ -430,6 +430,8 @@ class ViT(nn.Module):
       grid_sizes: int ``[B, K, 2]``: each slot's patch grid ``(gh, gw)`` (what fractional
         position embeddings divide by; 0 for an empty slot).
       train: dropout.
+      added_embedding: optional ``[B, L, D]`` added with the position embedding (PaLI-X adds a
+        time embedding to the frames of a clip, ``palix.models.palix_model``).
 
     Tokens attend only to tokens of their own image (``image_ids`` are the segment ids of the
     attention mask); the pooling head pools each slot's tokens. With ``NoPool`` the output is
@@ -463,6 +465,8 @@ class ViT(nn.Module):
     grid_h = jnp.take_along_axis(grid_sizes[..., 0], slot, axis=1)
     grid_w = jnp.take_along_axis(grid_sizes[..., 1], slot, axis=1)
     x = x + self.posemb(ys, xs, (grid_h, grid_w)).astype(x.dtype)
+    if added_embedding is not None:
+      x = x + added_embedding.astype(x.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     out["with_posemb"] = x
     x = self.dropout(x, deterministic=not train)
