@@ -29,10 +29,10 @@ the sequences are packed into ``batch_size`` rows of ``seq_len`` tokens with up 
 ``labels`` ``[B, K]``. The step's images are fixed by the schedule (a window of
 ``round(images_per_row * batch_size)`` examples per step and shard, positions as above) and
 packed by ``packing.WindowPacker``: images that do not fit their step are carried over to the
-next one, then trimmed to a gap or dropped; ``packing_stats`` counts all three. Step ``k`` depends on windows ``k - 1``
-and ``k`` only, so ``start_step`` still resumes exactly (reading one extra window). A finite pass
-(``repeat=False``) packs every example exactly once (no drops, no sampling, no token dropping)
-and pads nothing else.
+next one, then trimmed to a gap or dropped; ``packing_stats`` counts all three. Step ``k``
+depends on windows ``k - 1`` and ``k`` only, so ``start_step`` still resumes exactly (reading
+one extra window). A finite pass (``repeat=False``) packs every example exactly once (no drops,
+no resolution sampling, no token dropping); only its rows are padded.
 """
 
 import logging
