@@ -2,35 +2,25 @@
 
 The open-vocabulary detector (``palix.models.owl``) embeds every query with its text tower; the
 data layer, the evaluator, the OWL-ST pseudo-labeller and the ``Detector`` API all turn query
-strings into the same ``[num_queries, max_len]`` rows here, with the palix SentencePiece model
-(``palix.tasks.vocabulary``) unless another is given. Bad input is an error that says which
-query and why: an empty list, more queries than the model takes, an empty query, or a query
-longer than ``max_len`` tokens with its EOS (never cut).
+strings into the same ``[num_queries, max_len]`` rows here, with palix's one SentencePiece
+wrapper (``palix.tokenizer``; the committed palix model unless another is given). Bad input is an
+error that says which query and why: an empty list, more queries than the model takes, an empty
+query, or a query longer than ``max_len`` tokens with its EOS (never cut).
 """
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-EOS_ID = 1
-
-
-def default_vocabulary_path() -> str:
-  from palix.tasks import vocabulary  # pylint: disable=g-import-not-at-top  # sentencepiece only
-  return vocabulary.DEFAULT_MODEL
+from palix import tokenizer as tokenizer_lib
 
 
 class QueryTokenizer:
   """Args: max_len: tokens per query with EOS; vocabulary_path: SentencePiece model file."""
 
   def __init__(self, max_len: int, vocabulary_path: Optional[str] = None):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
     self.max_len = int(max_len)
-    self.vocabulary_path = vocabulary_path or default_vocabulary_path()
-    if not os.path.isfile(self.vocabulary_path):
-      raise FileNotFoundError(f"{self.vocabulary_path}: SentencePiece model not found")
-    self.processor = sentencepiece.SentencePieceProcessor(model_file=self.vocabulary_path)
+    self.tokenizer = tokenizer_lib.get_tokenizer(vocabulary_path)
     self._cache = {}
 
   def ids(self, query: str, where: str = "query") -> np.ndarray:
@@ -39,7 +29,8 @@ class QueryTokenizer:
       raise ValueError(f"{where}: a query must be non-empty text; got {query!r}")
     text = " ".join(query.split())
     if text not in self._cache:
-      self._cache[text] = np.array(self.processor.encode(text) + [EOS_ID], np.int32)
+      self._cache[text] = np.array(self.tokenizer.encode(text) + [tokenizer_lib.EOS_ID],
+                                   np.int32)
     ids = self._cache[text]
     if len(ids) > self.max_len:
       raise ValueError(f"{where} {query!r} is {len(ids)} tokens with EOS; queries may have at "

@@ -14,7 +14,8 @@ name                         examples
 ===========================  =====================================================================
 
 The open-vocabulary split: ``UNSEEN_CLASSES`` are never boxed in base training; the OWL-ST
-pipeline learns them from captions only (docs/owl.md). Your own data: ``add_box_task('mine',
+pipeline learns them from captions only (docs/owl.md). ``shapes_detection`` reports its mAP over
+all classes and over each group (``OPEN_VOCABULARY_GROUPS``: seen, unseen). Your own data: ``add_box_task('mine',
 CocoBoxSource({'train': 'train.json'}))`` or, from gin, ``box_data.box_batches.sources``.
 """
 
@@ -176,20 +177,27 @@ class CocoBoxSource(BoxSource):
 
 @dataclasses.dataclass(frozen=True)
 class BoxTask:
-  """A detection task: its source and whether training flips images left-right."""
+  """A detection task: its source, whether training flips images left-right, and the groups of
+  classes its evaluation reports separately (``palix.eval.detection_eval``)."""
   name: str
   source: BoxSource
   flip: bool = True
   description: str = ""
+  class_groups: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+OPEN_VOCABULARY_GROUPS = {"seen": SEEN_CLASSES, "unseen": UNSEEN_CLASSES}
 
 
 _BUILTINS: Dict[str, Callable[[], BoxTask]] = {
     "shapes_detection": lambda: BoxTask(
         "shapes_detection", ShapesBoxSource(),
-        description="shapes_detection canvases, 13 classes boxed"),
+        description="shapes_detection canvases, 13 classes boxed",
+        class_groups=OPEN_VOCABULARY_GROUPS),
     "shapes_detection_seen": lambda: BoxTask(
         "shapes_detection_seen", ShapesBoxSource(classes=SEEN_CLASSES),
-        description=f"shapes_detection canvases, only the {len(SEEN_CLASSES)} seen classes boxed"),
+        description=f"shapes_detection canvases, only the {len(SEEN_CLASSES)} seen classes boxed",
+        class_groups={"seen": SEEN_CLASSES}),
     "shapes_captions": lambda: BoxTask(
         "shapes_captions", CaptionedBoxSource(),
         description="captioned canvases (OWL-ST input), every object boxed"),
@@ -199,12 +207,14 @@ _LOCK = threading.Lock()
 
 
 def add_box_task(name: str, source: BoxSource, *, flip: bool = True, description: str = "",
+                 class_groups: Optional[Mapping[str, Sequence[str]]] = None,
                  replace: bool = False) -> BoxTask:
   """Registers a detection task (``replace`` re-registers an existing name)."""
   with _LOCK:
     if not replace and (name in _ADDED or name in _BUILTINS):
       raise ValueError(f"box task {name!r} is already registered (pass replace=True)")
-    _ADDED[name] = BoxTask(name, source, flip, description)
+    groups = {group: tuple(names) for group, names in (class_groups or {}).items()}
+    _ADDED[name] = BoxTask(name, source, flip, description, groups)
     _built.cache_clear()
     return _ADDED[name]
 

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "infer": ("palix.cli.infer", "predictions or metrics from a checkpoint (gin/runs/infer.gin)"),
     "eval": ("palix.cli.eval", "benchmark metrics and an HTML report of a checkpoint"),
     "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
+    "owl": ("palix.cli.owl", "OWL-ST: caption queries, pseudo-boxes, ensembles; zero-shot check"),
     "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
     "serve": ("palix.cli.serve", "prompt a checkpoint over HTTP: JSON/streaming API, web page"),
 }

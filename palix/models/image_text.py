@@ -151,6 +151,10 @@ class ImageTextModel(base.BaseModel):
     return {"images": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
             "tokens": jax.ShapeDtypeStruct((batch_size, self.max_text_len), jnp.int32)}
 
+  def check_feature_lengths(self, task_feature_lengths):
+    base.check_lengths_fit(task_feature_lengths, "ImageTextModel",
+                           {"targets": ("max_text_len", self.max_text_len)})
+
   def get_initial_variables(self, rng, input_shapes=None, input_types=None):
     s = self.image_size
     images = jnp.zeros((1, s, s, 3), jnp.float32)

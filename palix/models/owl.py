@@ -227,8 +227,9 @@ class OwlModel(base.BaseModel):
             "query_tokens": jax.ShapeDtypeStruct(
                 (batch_size, self.max_queries, self.max_query_len), jnp.int32)}
 
-  def input_shapes(self, batch_size: int = 1):
-    return {k: v.shape for k, v in self.example_inputs(batch_size).items()}
+  def check_feature_lengths(self, task_feature_lengths):
+    base.check_lengths_fit(task_feature_lengths, "OwlModel",
+                           {"query_length": ("max_query_len", self.max_query_len)})
 
   def get_initial_variables(self, rng, input_shapes=None, input_types=None):
     s = self.image_size

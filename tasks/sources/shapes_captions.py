@@ -4,9 +4,11 @@ The stand-in for web image-text pairs of OWL-ST (docs/owl.md): the image-text mo
 these captions, and the OWL-ST pipeline pseudo-labels them (boxes found by a detector for n-grams
 of the caption). Example ``i`` is canvas ``i`` of a ``ShapesDetectionSource`` with its own
 ``data_seed`` (1 by default, so these are not the detection canvases, seed 0) and the caption
-lists its objects in a random order, shapes with their colour::
+lists its objects in a random order, each shape with its colour half of the time (a word that
+alone tells the objects apart would spare the model from learning the shape words)::
 
   caption en  ->  a red triangle, a trouser and a bag
+  caption en  ->  a circle and an ankle boot
 
 The boxes exist (``objects``), so pseudo-labels can be checked against them, but nothing in
 OWL-ST reads them.
@@ -25,9 +27,11 @@ DEFAULT_SIZES = {"train": 8000, "test": 500}
 DATA_SEED = 1
 
 
-def object_phrase(sprite: sprites.Sprite) -> str:
-  """``a red triangle`` (shapes, with their colour) or ``an ankle boot`` (clothing)."""
-  return prompts.with_article(f"{sprite.color} {sprite.label}" if sprite.color else sprite.label)
+def object_phrase(sprite: sprites.Sprite, with_colour: bool = True) -> str:
+  """``a red triangle`` (a shape, with its colour if ``with_colour``) or ``an ankle boot``."""
+  if sprite.color and with_colour:
+    return prompts.with_article(f"{sprite.color} {sprite.label}")
+  return prompts.with_article(sprite.label)
 
 
 def join_phrases(phrases: Sequence[str]) -> str:
@@ -41,9 +45,11 @@ class ShapesCaptionSource(base.PythonSource):
   """Canvases with 1-4 objects and a caption naming them (see the module docstring)."""
 
   def __init__(self, num_examples: Optional[Mapping[str, int]] = None,
-               data_seed: int = DATA_SEED, min_objects: int = 1, max_objects: int = 4):
+               data_seed: int = DATA_SEED, min_objects: int = 1, max_objects: int = 4,
+               colour_probability: float = 0.5):
     sizes = dict(num_examples or DEFAULT_SIZES)
     super().__init__(tuple(sizes), sizes, data_seed=data_seed)
+    self.colour_probability = colour_probability
     self.canvases = shapes_detection.ShapesDetectionSource(
         sizes, min_objects=min_objects, max_objects=max_objects, data_seed=data_seed)
 
@@ -56,7 +62,8 @@ class ShapesCaptionSource(base.PythonSource):
     """``(canvas, caption, [((top, left, bottom, right) pixels, label), ...])``."""
     canvas, placed = self.canvases.placed_sprites(split, index)
     order = np.random.default_rng([self.data_seed, base.stable_hash(split + "/caption"), index])
-    phrases = [object_phrase(sprite) for _, sprite in placed]
+    phrases = [object_phrase(sprite, order.random() < self.colour_probability)
+               for _, sprite in placed]
     caption = join_phrases([phrases[k] for k in order.permutation(len(phrases))])
     return canvas, caption, [(box, sprite.label) for box, sprite in placed]
 

@@ -174,3 +174,7 @@ def test_bad_batches_and_configs_name_the_problem(model, params):
     owl.OwlConfig(vit=dataclasses.replace(VIT, class_token=True), text=TEXT).resolved_vit()
   with pytest.raises(ValueError, match="keep_fraction"):
     owl.OwlModel(owl.OwlConfig(vit=VIT, text=TEXT), keep_fraction=1.5)
+  with pytest.raises(ValueError, match=r"TASK_FEATURE_LENGTHS\['query_length'\] = 5 .* "
+                                       r"OwlModel.max_query_len = 3"):
+    model.check_feature_lengths({"queries": 4, "query_length": 5, "instances": 4})
+  model.check_feature_lengths({"queries": 4, "query_length": 3, "instances": 4})

@@ -53,8 +53,7 @@ def _batches(task="test_drawn_boxes", **kwargs):
 
 
 def _query_texts(tokens, tokenizer):
-  return [tokenizer.processor.decode([int(t) for t in row if t > 1]) if row.any() else None
-          for row in tokens]
+  return [tokenizer.tokenizer.to_str(row) if row.any() else None for row in tokens]
 
 
 def test_finite_stream_matches_the_source_in_order():
