@@ -17,7 +17,9 @@ SUBCOMMANDS = {
     "train": ("palix.cli.train", "train a gin-configured model (gin/runs/pretrain.gin, ...)"),
     "infer": ("palix.cli.infer", "predictions or metrics from a checkpoint (gin/runs/infer.gin)"),
     "eval": ("palix.cli.eval", "benchmark metrics and an HTML report of a checkpoint"),
-    "convert": ("palix.cli.convert", "HF T5/ViT safetensors folder -> Orbax params + config.gin"),
+    "convert": ("palix.cli.convert", "HF, T5X, big_vision checkpoints -> Orbax params + config.gin;"
+                " T5/ViT -> HF"),
+    "lora": ("palix.cli.lora", "LoRA adapters of a run, alone or merged into a base checkpoint"),
     "owl": ("palix.cli.owl", "OWL-ST: caption queries, pseudo-boxes, ensembles; zero-shot check"),
     "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
     "serve": ("palix.cli.serve", "prompt a checkpoint over HTTP: JSON/streaming API, web page"),
