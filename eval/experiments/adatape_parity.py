@@ -1,6 +1,7 @@
 """Parity: a standard Transformer against its AdaTape version (same width, depth and steps).
 
     python -m palix.eval.experiments.adatape_parity [--seeds 0 1 2] [--steps 1200] [--quick]
+        [--arms standard adatape] [--name adatape_parity]
 
 Each run is ``palix train`` in-process: ``gin/models/parity/parity_tiny.gin`` (standard) or
 ``parity_adatape_tiny.gin`` (the same model plus the tape), ``runs/pretrain.gin`` and
@@ -11,7 +12,8 @@ for every run). Writes ``docs/results/adatape_parity.csv`` (one row per run),
 ``adatape_parity_curves.csv`` (the trainer's logged metrics: every training example is fresh, so
 the logged accuracy is on unseen examples) and ``adatape_parity_tape.csv`` (AdaTape's mean tape
 tokens on the test set by sequence length and number of one bits), then draws
-``docs/img/adatape_parity.png``.
+``docs/img/adatape_parity.png``. ``--name`` renames these files (``--arms`` runs a subset; the
+figure needs both arms).
 """
 
 import argparse
@@ -33,7 +35,7 @@ from palix.training import trainer
 ARMS = {"standard": "models/parity/parity_tiny.gin",
         "adatape": "models/parity/parity_adatape_tiny.gin"}
 RESULTS = os.path.join("docs", "results")
-FIGURE = os.path.join("docs", "img", "adatape_parity.png")
+FIGURES = os.path.join("docs", "img")
 TEST_EXAMPLES = 2048
 
 
@@ -117,15 +119,17 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--steps", type=int, default=1200)
+  parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+  parser.add_argument("--name", default="adatape_parity", help="prefix of the output files")
   parser.add_argument("--results", default=RESULTS)
-  parser.add_argument("--figure", default=FIGURE)
+  parser.add_argument("--figures", default=FIGURES)
   parser.add_argument("--quick", action="store_true", help="60 steps, one seed (a smoke run)")
   args = parser.parse_args(argv)
   if args.quick:
     args.seeds, args.steps = args.seeds[:1], 60
   runs, curves, tape = [], [], collections.defaultdict(list)
   for seed in args.seeds:
-    for arm in ARMS:
+    for arm in args.arms:
       with tempfile.TemporaryDirectory() as model_dir:
         model, params, cpu, lengths = train_run(arm, seed, args.steps, model_dir)
         with open(os.path.join(model_dir, "metrics.jsonl")) as f:
@@ -148,16 +152,18 @@ def main(argv=None):
                 "tape_tokens_mean": round(float(np.mean(u)), 3),
                 "tape_tokens_std": round(float(np.std(u)), 3)}
                for (n, k), u in sorted(tape.items())]
-  write_csv(os.path.join(args.results, "adatape_parity.csv"), runs)
-  write_csv(os.path.join(args.results, "adatape_parity_curves.csv"), curves)
-  write_csv(os.path.join(args.results, "adatape_parity_tape.csv"), tape_rows)
-  plot(curves, runs, tape_rows, args.figure)
-  for arm in ARMS:
+  write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
+  write_csv(os.path.join(args.results, f"{args.name}_curves.csv"), curves)
+  if tape_rows:
+    write_csv(os.path.join(args.results, f"{args.name}_tape.csv"), tape_rows)
+  if set(args.arms) == set(ARMS):
+    plot(curves, runs, tape_rows, os.path.join(args.figures, f"{args.name}.png"))
+  for arm in args.arms:
     accs = [r["test_accuracy"] for r in runs if r["arm"] == arm]
     cpu = [r["train_cpu_s"] for r in runs if r["arm"] == arm]
     print(f"{arm}: test accuracy {mean_and_std(accs)} over {len(accs)} seeds "
           f"(min {min(accs):.3f}, max {max(accs):.3f}); train CPU {np.mean(cpu):.0f} s per run")
-  print(f"wrote {args.results}/adatape_parity*.csv and {args.figure}")
+  print(f"wrote {args.results}/{args.name}*.csv")
 
 
 if __name__ == "__main__":
