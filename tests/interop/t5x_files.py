@@ -104,3 +104,26 @@ def write_orbax(model_dir, target, step=7):
                                          "param_states": {"v": np.zeros(3, np.float32)}}}
     manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
     manager.wait_until_finished()
+
+
+def random_hf_weights(seed: int = 0):
+  """Random weights of the TINY T5.1.1 under Hugging Face's names (numpy; no torch needed)."""
+  rng = np.random.RandomState(seed)
+  d, ff, heads, buckets = TINY["d_model"], TINY["d_ff"], TINY["num_heads"], TINY[
+      "relative_attention_num_buckets"]
+  shapes = {"shared.weight": (TINY["vocab_size"], d), "lm_head.weight": (TINY["vocab_size"], d)}
+  for stack, count in (("encoder", TINY["num_layers"]), ("decoder", TINY["num_decoder_layers"])):
+    shapes[f"{stack}.final_layer_norm.weight"] = (d,)
+    shapes[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (buckets,
+                                                                                       heads)
+    for i in range(count):
+      attention = ["0.SelfAttention"] + (["1.EncDecAttention"] if stack == "decoder" else [])
+      for a in attention:
+        for n in "qkvo":
+          shapes[f"{stack}.block.{i}.layer.{a}.{n}.weight"] = (d, d)
+      for j in range(len(attention) + 1):
+        shapes[f"{stack}.block.{i}.layer.{j}.layer_norm.weight"] = (d,)
+      mlp = f"{stack}.block.{i}.layer.{len(attention)}.DenseReluDense."
+      shapes.update({mlp + "wi_0.weight": (ff, d), mlp + "wi_1.weight": (ff, d),
+                     mlp + "wo.weight": (d, ff)})
+  return {k: rng.randn(*s).astype(np.float32) for k, s in shapes.items()}

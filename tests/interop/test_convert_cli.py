@@ -18,7 +18,7 @@ from palix.interop import t5x
 from palix.models.t5 import T5Config
 
 from big_vision_files import CLASSES, random_vit_arrays
-from t5x_files import t5x_target, write_legacy
+from t5x_files import random_hf_weights, t5x_target, write_legacy
 
 
 def _restore(path):
@@ -44,23 +44,8 @@ def _model_from_gin(path):
 
 
 def _t5x_checkpoint(folder):
-  """A legacy T5X model folder holding a random tiny T5.1.1 (weights from numpy, HF names)."""
-  rng = np.random.RandomState(0)
-  shapes = {"shared.weight": (96, 32), "lm_head.weight": (96, 32)}
-  for stack, count in (("encoder", 2), ("decoder", 3)):
-    shapes[f"{stack}.final_layer_norm.weight"] = (32,)
-    shapes[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (16, 4)
-    for i in range(count):
-      attention = ["0.SelfAttention"] + (["1.EncDecAttention"] if stack == "decoder" else [])
-      for a in attention:
-        for n in "qkvo":
-          shapes[f"{stack}.block.{i}.layer.{a}.{n}.weight"] = (32, 32)
-      for j in range(len(attention) + 1):
-        shapes[f"{stack}.block.{i}.layer.{j}.layer_norm.weight"] = (32,)
-      mlp = f"{stack}.block.{i}.layer.{len(attention)}.DenseReluDense."
-      shapes.update({mlp + "wi_0.weight": (48, 32), mlp + "wi_1.weight": (48, 32),
-                     mlp + "wo.weight": (32, 48)})
-  sd = {k: rng.randn(*s).astype(np.float32) for k, s in shapes.items()}
+  """A legacy T5X model folder holding a random tiny T5.1.1."""
+  sd = random_hf_weights()
   write_legacy(folder / "checkpoint_10", t5x_target(sd))
   return sd
 
