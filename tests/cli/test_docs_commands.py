@@ -43,12 +43,12 @@ COVERED_ELSEWHERE = {
     ("evaluation.md", r"palix eval --module my_tasks"):
         ("tests/eval/test_eval_docs_commands.py", "for command in _commands():"),
     ("sparsity.md", r"palix sparsity (fit|advise|table|plot)"):
-        ("tests/sparsity/test_cli.py", '["sparsity", "advise", '),
+        ("tests/sparsity/test_sparsity_cli.py", '["sparsity", "advise", '),
     ("sparsity.md", r"palix sparsity export-nm"):
         ("tests/sparsity/test_pruned_training.py", '["export-nm", '),
     ("sparsity.md", r"palix params --checkpoint"):
         ("tests/sparsity/test_pruned_training.py", 'params_cli.run([f"--checkpoint='),
-    ("serving.md", r"palix serve"): ("tests/serve/test_cli.py", "main.main(sys.argv[1:])"),
+    ("serving.md", r"palix serve"): ("tests/serve/test_serve_cli.py", "main.main(sys.argv[1:])"),
 }
 QUICKSTART_OWN_DATA = "## 4. Train on your own JSONL data"
 # Shell variables the documented commands use, with values of their kind.
