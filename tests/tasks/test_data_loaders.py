@@ -176,7 +176,7 @@ def test_boxes_outside_the_image_are_errors(media_dir, tmp_path):
   instances = json.loads((media_dir / "coco_instances.json").read_text())
   instances["annotations"][0]["bbox"] = [35, 6, 10, 12]  # x + w = 45 > 40 + 1
   path = _write(tmp_path / "instances.json", json.dumps(instances))
-  with pytest.raises(base.DataError, match=r"annotations\[0\]: bbox .* outside the 40x30 image"):
+  with pytest.raises(base.DataError, match=r"annotations\[0\] of img_a.png: bbox .* outside the 40x30 image"):
     coco_detection.CocoDetectionSource({"val": (path, str(media_dir))}).records("val")
 
 

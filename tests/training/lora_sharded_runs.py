@@ -1,4 +1,4 @@
-"""LoRA on the tiny model, on one device and on a (1, 2, 2) mesh; prints JSON (test_lora.py).
+"""LoRA on the tiny model, on one device and on a (1, 2, 2) mesh; prints JSON (test_lora_training.py).
 
 ``python lora_sharded_runs.py OUT_DIR`` expects 4 (fake) CPU devices. Both runs train the same
 adapters on the same batches from the same frozen base, so their losses must agree; the adapters
