@@ -75,7 +75,10 @@ def _split(names: Tuple[Any, ...], path: str) -> Tuple[int, int]:
   return batch, num_in
 
 
-def select_kernels(boxed_params, config: LoraConfig) -> Dict[str, Tuple[Tuple[int, ...], Any, Tuple[Any, ...]]]:
+KernelInfo = Tuple[Tuple[int, ...], Any, Tuple[Any, ...]]  # shape, dtype, logical axis names
+
+
+def select_kernels(boxed_params, config: LoraConfig) -> Dict[str, KernelInfo]:
   """``{path: (shape, dtype, logical names)}`` of the kernels ``config.targets`` select.
 
   ``boxed_params`` is a parameter tree boxed with logical names (``get_initial_variables``
@@ -88,7 +91,8 @@ def select_kernels(boxed_params, config: LoraConfig) -> Dict[str, Tuple[Tuple[in
     except re.error as e:
       raise ValueError(f"LoraConfig.targets: invalid regex {target!r}: {e}") from None
   specs = nn.get_partition_spec(boxed_params)
-  flat_specs = traverse_util.flatten_dict(specs, sep="/", is_leaf=lambda _, v: not isinstance(v, Mapping))
+  flat_specs = traverse_util.flatten_dict(specs, sep="/",
+                                          is_leaf=lambda _, v: not isinstance(v, Mapping))
   flat = traverse_util.flatten_dict(nn.meta.unbox(boxed_params), sep="/")
   unmatched = [p.pattern for p in patterns if not any(p.fullmatch(path) for path in flat)]
   if unmatched:

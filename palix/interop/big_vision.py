@@ -1,34 +1,29 @@
 """Import big_vision ViT parameter files (``.npz``) into palix's ViT, with their linear head.
 
 big_vision writes a checkpoint as ``np.savez`` of its tree flattened with ``/``
-(``big_vision.utils.save_checkpoint``): a training checkpoint holds ``params/...`` (and ``opt/...``),
-an exported one the parameters alone; two-tower models (SigLIP) keep the image tower under
-``img/`` (``params/img/...``). The file carries no configuration, so the ViT is read off the
-shapes: width, patch size and stem from ``embedding/kernel``, depth from the blocks, heads from
-an attention kernel, the MLP width from ``Dense_0``, the position embedding from
-``pos_embedding`` (learned; none: 2-D sin-cos), the pooling from ``MAPHead_0`` (MAP) or the
+(``big_vision.utils.save_checkpoint``): a training checkpoint holds ``params/...`` (and
+``opt/...``), an exported one the parameters alone; two-tower models (SigLIP) keep the image
+tower under ``img/`` (``params/img/...``). The file carries no configuration, so the ViT is
+read off the shapes: width, patch size and stem from ``embedding/kernel``, depth from the
+blocks, heads from an attention kernel, the MLP width from ``Dense_0``, the position embedding
+from ``pos_embedding`` (learned; none: 2-D sin-cos), the pooling from ``MAPHead_0`` (MAP) or the
 ``pool`` argument (big_vision's default ``gap``), a head from ``head/kernel``.
 
-=============================================================  =====================================
-big_vision (``Transformer/encoderblock_{i}/`` or scanned       palix ``ViT`` (``Transformer/block{i:02d}/``
-``Transformer/encoderblock/`` with layers on axis 0)           or ``Transformer/blocks/block/``)
-=============================================================  =====================================
-``embedding/kernel`` ``[p, p, 3, D]`` (conv stem)              ``embedding/conv/kernel``
-``embedding/kernel`` ``[p*p*3, D]`` + ``patchln_pre``,         ``embedding/embedding/kernel`` +
-``patchln_post`` (Dual PatchNorm)                              ``embedding/patchln_pre``, ``patchln_post``
-``embedding/kernel`` ``[p*p*3, D]`` alone (a Dense stem)       ``embedding/conv/kernel`` (reshaped)
-``pos_embedding`` ``[1, g*g, D]`` or ``[g, g, D]``             ``posemb/pos_embedding`` ``[g*g, D]``
-``pos_embedding`` ``[1, 1 + g*g, D]`` (old: cls included)      ``cls_posemb`` + ``posemb/pos_embedding``
-``cls`` ``[1, 1, D]``                                          ``cls`` (``cls_posemb`` = 0: big_vision
-                                                               adds the table before the class token)
-``.../LayerNorm_0``, ``LayerNorm_1``                           ``.../norm1``, ``norm2``
-``.../MultiHeadDotProductAttention_0/{query,key,value,out}``   ``.../attention/{query,key,value,out}``
-``.../MlpBlock_0/Dense_0``, ``Dense_1``                        ``.../mlp/wi``, ``wo``
-``Transformer/encoder_norm``                                   ``Transformer/encoder_norm``
-``MAPHead_0/{probe, MultiHeadDotProductAttention_0,            ``pool/{probe, attention, norm,
-LayerNorm_0, MlpBlock_0/Dense_0, Dense_1}``                    mlp/wi, mlp/wo}``
-``head/{kernel, bias}``                                        the classifier's ``head`` (``ImageClassifier``)
-=============================================================  =====================================
+Names after the prefix, big_vision -> palix ``ViT`` (the table is in docs/convert.md):
+
+* ``embedding/kernel`` ``[p, p, 3, D]`` (conv stem) -> ``embedding/conv/kernel``; ``[p*p*3, D]``
+  with ``patchln_pre``/``patchln_post`` (Dual PatchNorm) -> ``embedding/{patchln_pre, embedding,
+  patchln_post}``; ``[p*p*3, D]`` alone -> the conv kernel, reshaped;
+* ``pos_embedding`` ``[1, g*g, D]`` or ``[g, g, D]`` -> ``posemb/pos_embedding`` ``[g*g, D]``; old
+  files' ``[1, 1 + g*g, D]`` -> ``cls_posemb`` + the table; none -> ``SinCos2DPosEmb``;
+* ``cls`` -> ``cls`` (``cls_posemb`` = 0: big_vision adds the table before the class token);
+* ``Transformer/encoderblock_{i}/`` (scanned: ``Transformer/encoderblock/``, layers on axis 0)
+  ``LayerNorm_0``, ``MultiHeadDotProductAttention_0``, ``LayerNorm_1``, ``MlpBlock_0/Dense_0``,
+  ``Dense_1`` -> ``Transformer/block{i:02d}/`` (``Transformer/blocks/block/``) ``norm1``,
+  ``attention``, ``norm2``, ``mlp/wi``, ``mlp/wo``; ``Transformer/encoder_norm`` -> the same;
+* ``MAPHead_0/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}`` ->
+  ``pool/{probe, attention, norm, mlp}``;
+* ``head/{kernel, bias}`` -> the classifier's ``head`` (``ImageClassifier``).
 
 The MLPs use flax's default (tanh) GELU, so the imported ``ViTConfig.mlp_activation`` is
 ``gelu_tanh``; the layer norms use flax's epsilon 1e-6. The older names
@@ -108,7 +103,8 @@ def read_npz(path: Union[str, pathlib.Path]) -> Dict[str, np.ndarray]:
   except (zipfile.BadZipFile, OSError, EOFError) as e:
     raise ValueError(f"{path}: not an .npz file ({e})") from None
   except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
-    raise ValueError(f"{path}: holds pickled object arrays, which palix never loads ({e})") from None
+    raise ValueError(f"{path}: holds pickled object arrays, which palix never loads "
+                     f"({e})") from None
 
 
 def tower_arrays(arrays: Mapping[str, np.ndarray], prefix: Optional[str] = None

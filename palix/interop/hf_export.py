@@ -168,7 +168,8 @@ def vit_state_dict(params: Mapping, config: ViTConfig) -> Dict[str, np.ndarray]:
     for name in ("query", "key", "value"):
       sd[f"{p}attention.attention.{name}.weight"] = _linear(
           np.asarray(b["attention"][name]["kernel"]).reshape(d, d))
-      sd[f"{p}attention.attention.{name}.bias"] = np.asarray(b["attention"][name]["bias"]).reshape(d)
+      sd[f"{p}attention.attention.{name}.bias"] = np.asarray(
+          b["attention"][name]["bias"]).reshape(d)
     sd[f"{p}attention.output.dense.weight"] = _linear(
         np.asarray(b["attention"]["out"]["kernel"]).reshape(d, d))
     sd[f"{p}attention.output.dense.bias"] = np.asarray(b["attention"]["out"]["bias"])

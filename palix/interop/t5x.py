@@ -78,7 +78,7 @@ _ATTENTION = ("attention", "self_attention", "encoder_decoder_attention")
 _STACKS = {"encoder": "encoder_norm", "decoder": "decoder_norm"}
 
 
-# --- finding and reading a checkpoint --------------------------------------------------------------
+# --- finding and reading a checkpoint ----------------------------------------------------------
 
 def find_checkpoint(path: Union[str, pathlib.Path], step: Optional[int] = None
                     ) -> Tuple[str, pathlib.Path]:
@@ -110,8 +110,8 @@ def find_checkpoint(path: Union[str, pathlib.Path], step: Optional[int] = None
 
 
 def _is_orbax_item(path: pathlib.Path) -> bool:
-  return any((path / name).exists() for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt",
-                                                  "checkpoint"))
+  names = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "checkpoint")
+  return any((path / name).exists() for name in names)
 
 
 def _is_tensorstore_spec(value) -> bool:
@@ -138,7 +138,8 @@ def _read_tensorstore(spec: Mapping[str, Any], step_dir: pathlib.Path, name: str
   kvstore = dict(spec.get("kvstore") or {})
   relative = kvstore.get("path", spec.pop("path", None))
   if relative is None:
-    raise ValueError(f"{step_dir}: the TensorStore spec of {name!r} has no path: {json.dumps(spec)}")
+    raise ValueError(f"{step_dir}: the TensorStore spec of {name!r} has no path: "
+                     f"{json.dumps(spec)}")
   # T5X writes paths relative to the step folder (and a dummy bucket for gs://); read them here.
   spec["kvstore"] = {"driver": "file", "path": str(step_dir / relative)}
   metadata = dict(spec.get("metadata") or {})
@@ -219,7 +220,7 @@ def read_t5x(path: Union[str, pathlib.Path], step: Optional[int] = None
   return arrays, f"T5X {kind} checkpoint {folder}"
 
 
-# --- T5X names -> palix -----------------------------------------------------------------------------
+# --- T5X names -> palix -------------------------------------------------------------------------
 
 def _scanned(arrays) -> bool:
   return any(n.startswith("encoder/layers/") for n in arrays)

@@ -90,7 +90,7 @@ class LoraModel(model_base.BaseModel):
     self.base.check_feature_lengths(task_feature_lengths)
 
 
-# --- adapters on disk ------------------------------------------------------------------------------
+# --- adapters on disk --------------------------------------------------------------------------
 
 def _abstract(stored: Dict[str, Tuple[Tuple[int, ...], Any]], prefix: str):
   """ShapeDtypeStructs (one device) of the stored parameters under ``prefix``."""
@@ -172,9 +172,3 @@ def merge_checkpoint(base_path, adapters_dir, output: Union[str, pathlib.Path],
     checkpointer.save(output, {"params": merged}, force=overwrite)
   return merged, config
 
-
-def trained_fraction(params) -> Optional[float]:
-  """Share of a LoRA model's parameters that are trained (the adapters)."""
-  from palix import model_stats  # pylint: disable=g-import-not-at-top
-  adapters = model_stats.count_params(params[ADAPTERS])
-  return adapters / model_stats.count_params(params)
