@@ -86,12 +86,16 @@ class ClassPredictor(nn.Module):
     embed_dim: the joint image-text width ``E`` (the token projection's output; named ``mlp``
       for partitioning, like any hidden width).
     normalize: L2-normalise both sides (OWL-ViT v2 does).
-    shift_init: initial bias of the per-token shift; ``logit(prior)`` makes every score start at
-      the focal-loss prior (``-4.6`` for 0.01).
+    shift_init: initial bias of the per-token shift.
+    scale_init: initial per-token scale ``elu(s) + 1`` (at least 1). A cosine similarity only
+      spans [-1, 1], so the scale is what lets the scores of two queries differ; starting it at
+      the image-text model's temperature (SigLIP learns ``exp(t)`` of about 10) makes the class
+      scores discriminate from the first step instead of after thousands.
   """
   embed_dim: int
   normalize: bool = True
   shift_init: float = 0.0
+  scale_init: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -103,9 +107,12 @@ class ClassPredictor(nn.Module):
     self.shift = nn.Dense(1, kernel_init=nn.with_logical_partitioning(
         inits.normal(1e-6), ("embed", None)), bias_init=nn.with_logical_partitioning(
             nn.initializers.constant(self.shift_init), (None,)), name="shift", **kw)
+    if self.scale_init < 1.0:
+      raise ValueError(f"ClassPredictor.scale_init must be >= 1 (elu(s) + 1 > 0 starts at "
+                       f"s = scale_init - 1); got {self.scale_init}")
     self.scale = nn.Dense(1, kernel_init=nn.with_logical_partitioning(
         inits.normal(1e-6), ("embed", None)), bias_init=nn.with_logical_partitioning(
-            inits.zeros, (None,)), name="scale", **kw)
+            nn.initializers.constant(self.scale_init - 1.0), (None,)), name="scale", **kw)
 
   def class_embeddings(self, x):
     """Per-token class embeddings ``[B, P, E]`` (normalised when ``normalize``)."""

@@ -65,7 +65,9 @@ class OwlConfig:
     merge_pooled: OWL-ViT's ``mul-ln`` merge, ``LayerNorm(token * pooled)`` with the ViT's pooled
       output (needs ``pool`` other than ``NoPool``); off: the tokens as the ViT returns them.
     box_head_layers: layers of the box MLP.
-    class_prior: the initial score of every (token, query) (focal-loss prior, 0.01).
+    class_prior: the score of a (token, query) pair at cosine 0 when training starts (the
+      focal-loss prior, 0.01).
+    class_logit_scale: the class head's initial logit scale (``ClassPredictor.scale_init``).
   """
   vit: ViTConfig = gin.REQUIRED
   text: Any = gin.REQUIRED
@@ -73,6 +75,7 @@ class OwlConfig:
   merge_pooled: bool = False
   box_head_layers: int = 3
   class_prior: float = 0.01
+  class_logit_scale: float = 1.0
 
   def resolved_vit(self) -> ViTConfig:
     vit = self.vit.resolved()
@@ -96,8 +99,11 @@ class OwlDetector(nn.Module):
     self.text_projection = joint_projection(c.embed_dim, "text_projection")
     if c.merge_pooled:
       self.merge_norm = LayerNorm(epsilon=self.vit_config.layer_norm_eps, name="merge_norm")
+    # logit = (cos + shift) * scale starts at logit(prior) for cos = 0.
     prior = math.log(c.class_prior / (1 - c.class_prior))
-    self.class_head = box_heads.ClassPredictor(c.embed_dim, shift_init=prior, name="class_head")
+    self.class_head = box_heads.ClassPredictor(
+        c.embed_dim, shift_init=prior / c.class_logit_scale, scale_init=c.class_logit_scale,
+        name="class_head")
     self.box_head = box_heads.PredictorMLP(4, c.box_head_layers, name="box_head")
     self.objectness_head = box_heads.PredictorMLP(1, 3, name="objectness_head")
 

@@ -57,9 +57,18 @@ def test_untrained_box_head_puts_every_box_on_its_patch(model, fresh_params):
   expected = np.stack([cx.ravel(), cy.ravel(), np.full(16, 1 / GRID), np.full(16, 1 / GRID)], -1)
   np.testing.assert_allclose(out["pred_boxes"], np.broadcast_to(expected, (2, 16, 4)), atol=1e-3)
   np.testing.assert_allclose(jax.nn.sigmoid(box_heads.box_bias(GRID, GRID)), expected, atol=1e-3)
-  # logits start at (cosine + logit(prior)) * 1: within 1 of the focal prior's logit
+  # logits start at (cosine + logit(prior) / scale) * scale: within `scale` of logit(prior)
   prior = np.log(0.01 / 0.99)
   assert np.all(np.abs(np.asarray(out["logits"][0, :, :2]) - prior) <= 1.0 + 1e-4)
+  sharp = owl.OwlModel(owl.OwlConfig(vit=VIT, text=TEXT, embed_dim=8, class_logit_scale=10.0),
+                       image_size=32, max_queries=4, max_query_len=3)
+  variables = sharp.get_initial_variables(jax.random.key(0))
+  logits = np.asarray(sharp.module.apply(variables, _images(), QUERIES)["logits"][0, :, :2])
+  cosine = logits / 10.0 - prior / 10.0
+  assert np.all(np.abs(cosine) <= 1.0 + 1e-4) and np.ptp(logits) > 2.0  # 10x the spread
+  with pytest.raises(ValueError, match="scale_init must be >= 1"):  # elu(s) + 1 starts >= 1
+    box_heads.ClassPredictor(8, scale_init=0.5).init(
+        jax.random.key(0), np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 8), np.float32))
 
 
 def test_instance_selection_keeps_the_selected_tokens_outputs(model, params):
