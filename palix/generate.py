@@ -1,6 +1,6 @@
 """Prompting a trained PaLI-X model from Python, zero- or few-shot, without TensorFlow.
 
-    generator = Generator.from_checkpoint(["experiments/demo_model.gin"], "runs/demo")
+    generator = Generator.from_checkpoint(["experiments/demo_model.gin"], "out/demo")
     generator.generate("query.png", "name en",
                        examples=[("a.png", "name en", "red"), ("b.png", "name en", "blue")])
 

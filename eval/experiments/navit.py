@@ -179,7 +179,7 @@ def plot(rows, path):
 
   for budget in budgets:
     at_budget = [r for r in rows if int(r["budget_tokens"]) == budget]
-    tag = f"{budget / 1e6:g}M tokens"
+    tag = f"{budget / 1e6:g}M tokens, {len({r['seed'] for r in at_budget})} seeds"
     for arm, (name, label) in curves.items():
       members = [r for r in at_budget if r["arm"] == arm and r["eval"] == name]
       sides = sorted({int(r["eval_side"]) for r in members})
@@ -201,7 +201,7 @@ def plot(rows, path):
   axes[0].set_xlabel("inference resolution: longest side / square side (px)")
   axes[1].set_xlabel("tokens per image at inference (pad64: padding included)")
   for ax in axes:
-    ax.set_ylabel("test accuracy (%), mean ± std, 3 seeds")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7)
   fig.suptitle("Fashion-MNIST items on 16-96 px canvases: NaViT vs square ViTs of the same size")

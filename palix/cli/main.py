@@ -21,8 +21,8 @@ SUBCOMMANDS = {
                 " T5/ViT -> HF"),
     "lora": ("palix.cli.lora", "LoRA adapters of a run, alone or merged into a base checkpoint"),
     "owl": ("palix.cli.owl", "OWL-ST: caption queries, pseudo-boxes, ensembles; zero-shot check"),
-    "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
     "serve": ("palix.cli.serve", "prompt a checkpoint over HTTP: JSON/streaming API, web page"),
+    "sparsity": ("palix.cli.sparsity", "sparse scaling law: fit, optimal-sparsity advice, n:m export"),
 }
 
 
