@@ -62,7 +62,8 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
                    partitioner: Optional[partitioning.Partitioner] = None,
                    overflow: str = "error", rng_seed: Optional[int] = None,
                    progress: bool = True,
-                   feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
+                   feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
+                   image_size_by_task: Optional[Mapping[str, int]] = None
                    ) -> Dict[str, TaskResult]:
   """Decodes and scores every task of ``mixture_or_task_name``; returns ``{task: TaskResult}``.
 
@@ -85,6 +86,8 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
     progress: show a tqdm progress bar per task.
     feature_lengths_by_task: ``{task: {'inputs': ..., 'targets': ...}}`` for tasks that need
       less than ``task_feature_lengths`` (its ``targets`` is that task's decoding length).
+    image_size_by_task: ``{task: S}`` for tasks trained at another resolution than
+      ``image_size`` (``palix.tasks.geometry``).
   """
   from palix.tasks import eval_examples  # pylint: disable=g-import-not-at-top  # TF
   from palix.tasks import geometry as geometry_lib  # pylint: disable=g-import-not-at-top
@@ -93,11 +96,13 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
   partitioner = partitioner or partitioning.Partitioner()
   layout = partitioner.data_layout(batch_size)
   geometry_lib.check_lengths_by_task(feature_lengths_by_task, task_feature_lengths)
+  geometry_lib.check_image_sizes(image_size_by_task)
   results: Dict[str, TaskResult] = {}
   for task in eval_examples.leaf_tasks(mixture_or_task_name, split):
     geometry = geometry_lib.task_geometry(task.name, num_images=num_images,
                                           feature_lengths=task_feature_lengths,
-                                          feature_lengths_by_task=feature_lengths_by_task)
+                                          feature_lengths_by_task=feature_lengths_by_task,
+                                          image_size_by_task=image_size_by_task)
     all_fns = (task.predict_metric_fns + task.predict_with_aux_metric_fns
                + task.score_metric_fns)
     if not all_fns:
@@ -106,7 +111,7 @@ def evaluate_tasks(model, params, mixture_or_task_name: str, *, split: str,
     batches = eval_examples.evaluation_batches(
         task.name, split=split, batch_size=layout.local_batch_size,
         feature_lengths=geometry.feature_lengths, num_images=geometry.num_images,
-        image_size=image_size, max_examples=max_examples, overflow=overflow,
+        image_size=geometry.image_size or image_size, max_examples=max_examples, overflow=overflow,
         keep_media=num_report_samples)
     total = task.num_examples if max_examples is None else min(task.num_examples, max_examples)
     predictions = task_predictions.predict_task(
@@ -184,8 +189,8 @@ def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
              decode_kwargs: Optional[Mapping[str, Any]] = None, num_report_samples: int = 16,
              partitioner: Optional[partitioning.Partitioner] = None, overflow: str = "error",
              rng_seed: Optional[int] = None, progress: bool = True,
-             feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
-             ) -> EvaluationOutput:
+             feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
+             image_size_by_task: Optional[Mapping[str, int]] = None) -> EvaluationOutput:
   """Loads ``checkpoint_path`` into ``model`` and evaluates it (see the module docstring).
 
   ``checkpoint_path`` is anything ``palix.training.checkpoints.load_params`` accepts: a training
@@ -208,7 +213,8 @@ def evaluate(*, model=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
       batch_size=batch_size, num_images=num_images, image_size=image_size,
       max_examples=max_examples, decode_kwargs=decode_kwargs,
       num_report_samples=num_report_samples, partitioner=partitioner, overflow=overflow,
-      rng_seed=rng_seed, progress=progress, feature_lengths_by_task=feature_lengths_by_task)
+      rng_seed=rng_seed, progress=progress, feature_lengths_by_task=feature_lengths_by_task,
+      image_size_by_task=image_size_by_task)
   output_dir = output_dir or default_output_dir(mixture_or_task_name, split)
   limit = "all examples" if max_examples is None else f"first {max_examples} examples per task"
   report, files = write_outputs(

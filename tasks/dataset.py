@@ -88,7 +88,8 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
                  batch_parts: bool = False,
                  feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
                  counter: Optional[converter_lib.TruncationCounter] = None,
-                 keep_raw: bool = False) -> tf.data.Dataset:
+                 keep_raw: bool = False,
+                 image_size_by_task: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
   """The ``tf.data`` pipeline behind :func:`get_batches` (same arguments)."""
   tf_setup.configure_tensorflow()
   if batch_size < 1 or num_shards < 1 or not 0 <= shard_index < num_shards or start_step < 0:
@@ -109,6 +110,7 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
   streams = [(f"{t.name}:{split}", t.num_input_examples(split)) for t in tasks]
   schedule = schedule_lib.Schedule(streams, rates, seed=seed, shuffle=shuffle, repeat=repeat)
   geometry_lib.check_lengths_by_task(feature_lengths_by_task, feature_lengths)
+  geometry_lib.check_image_sizes(image_size_by_task)
   counter = counter or converter_lib.TruncationCounter()
   if batch_parts:
     if not repeat:
@@ -116,14 +118,17 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
                        "read task by task (palix.tasks.eval_examples)")
     geometries = [geometry_lib.task_geometry(
         t.name, num_images=num_images, feature_lengths=feature_lengths,
-        feature_lengths_by_task=feature_lengths_by_task) for t in tasks]
+        feature_lengths_by_task=feature_lengths_by_task,
+        image_size_by_task=image_size_by_task) for t in tasks]
     return _batch_parts(
         tasks, rates, schedule, geometries, split=split, batch_size=batch_size,
         image_size=image_size, seed=seed, start_step=start_step, shard_index=shard_index,
         num_shards=num_shards, overflow=overflow, counter=counter)
-  if feature_lengths_by_task:
-    raise ValueError("feature_lengths_by_task needs batch_parts=True: a batch without parts has "
-                     "one geometry for all its tasks")
+  for name, value in (("feature_lengths_by_task", feature_lengths_by_task),
+                      ("image_size_by_task", image_size_by_task)):
+    if value:
+      raise ValueError(f"{name} needs batch_parts=True: a batch without parts has one geometry "
+                       "for all its tasks")
 
   rows = tf.constant(batch_size, tf.int64)
 
@@ -148,9 +153,9 @@ def make_dataset(mixture_or_task_name: str, *, split: str, batch_size: int,
     branch = branch.map(
         _plain(lambda p, t=task_id, task=task: task.source.example(split, *schedule.locate(p, t))),
         num_parallel_calls=tf.data.AUTOTUNE)
-    branches.append(_model_features(task, branch, shared_geometry, image_size=image_size,
-                                    seed=seed, overflow=overflow, counter=counter,
-                                    keep_raw=keep_raw))
+    features = _model_features(task, branch, shared_geometry, image_size=image_size, seed=seed,
+                               overflow=overflow, counter=counter, keep_raw=keep_raw)
+    branches.append(_with_task_id(features, task_id) if repeat else features)
   if not repeat:
     padding = converter_lib.zero_example(branches[0].element_spec)
     branches.append(tf.data.Dataset.from_tensors(padding).repeat())
@@ -179,8 +184,15 @@ def _model_features(task: seqio.Task, examples: tf.data.Dataset, geometry: geome
   examples = task.preprocess_postcache(examples, sequence_length=sequence_length, seed=seed)
   converter = converter_lib.PaliXFeatureConverter(geometry.num_images, image_size, overflow,
                                                   task_name=task.name, counter=counter,
-                                                  keep_raw=keep_raw)
+                                                  keep_raw=keep_raw,
+                                                  video=getattr(task.source, "is_video", False))
   return converter(examples, geometry.feature_lengths).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_task_id(features: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
+  """Training rows also carry ``task_ids`` (the task's index in the mixture, that of
+  :func:`tasks_and_rates`): the trainer reports loss and accuracy per task."""
+  return features.map(_plain(lambda ex: {**ex, "task_ids": tf.constant(task_id, tf.int32)}))
 
 
 def part_rows(rates: List[float], batch_size: int) -> List[int]:
@@ -214,8 +226,9 @@ def _batch_parts(tasks: List[seqio.Task], rates: List[float], schedule: schedule
         _plain(lambda n, t=task_id, task=task: task.source.example(split,
                                                                    *schedule.example_at(n, t))),
         num_parallel_calls=tf.data.AUTOTUNE)
-    features = _model_features(task, examples, geometry, image_size=image_size, seed=seed,
-                               overflow=overflow, counter=counter)
+    features = _with_task_id(_model_features(
+        task, examples, geometry, image_size=geometry.image_size or image_size, seed=seed,
+        overflow=overflow, counter=counter), task_id)
     parts.setdefault(geometry.key(), []).append(features.batch(count, drop_remainder=True))
   concatenated = []
   for members in parts.values():
@@ -235,7 +248,8 @@ def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
                 shard_index: int = 0, num_shards: int = 1, overflow: str = "error",
                 batch_parts: bool = False,
                 feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
-                keep_raw: bool = False) -> Iterator[Batch]:
+                keep_raw: bool = False,
+                image_size_by_task: Optional[Mapping[str, int]] = None) -> Iterator[Batch]:
   """Numpy batches of the model's keys for a task or mixture (see the module docstring).
 
   Args:
@@ -260,12 +274,18 @@ def get_batches(mixture_or_task_name: str, *, split: str, batch_size: int,
       ``feature_lengths``; tasks left out use ``feature_lengths``.
     keep_raw: one pass over one task (``repeat=False``) whose rows also carry their examples'
       raw fields under ``raw/`` (evaluation, ``palix.tasks.eval_examples``).
+    image_size_by_task: ``{task: S}`` for tasks trained at another resolution than
+      ``image_size`` (``batch_parts`` only).
+
+  Training streams (``repeat=True``) also carry ``task_ids`` ``[B]``: each row's task, as the
+  index of :func:`tasks_and_rates`.
   """
   dataset = make_dataset(
       mixture_or_task_name, split=split, batch_size=batch_size, feature_lengths=feature_lengths,
       num_images=num_images, image_size=image_size, seed=seed, shuffle=shuffle, repeat=repeat,
       start_step=start_step, shard_index=shard_index, num_shards=num_shards, overflow=overflow,
-      batch_parts=batch_parts, feature_lengths_by_task=feature_lengths_by_task, keep_raw=keep_raw)
+      batch_parts=batch_parts, feature_lengths_by_task=feature_lengths_by_task, keep_raw=keep_raw,
+      image_size_by_task=image_size_by_task)
   return _numpy_batches(dataset)
 
 

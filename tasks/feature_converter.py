@@ -5,7 +5,8 @@ Task features: ``inputs`` and ``targets`` (int32 tokens ending in EOS), ``images
 example:
 
 * ``images`` ``[N, S, S, 3]``: the n images then ``N - n`` zero slots;
-* ``image_mask`` ``[N]``: 1 for the n real images;
+* ``image_mask`` ``[N]``: 1 for the n real images (with ``video``: 1 for the first frame, 2 for
+  the frames that continue its clip);
 * ``encoder_input_tokens`` ``[Le]``: inputs, zero-padded;
 * ``decoder_target_tokens`` ``[Ld]``: targets (EOS = 1 included), zero-padded;
 * ``decoder_input_tokens`` ``[Ld]``: ``base.shift_right`` of the targets (BOS = 0 first);
@@ -80,11 +81,12 @@ class PaliXFeatureConverter:
     task_name: named in error messages.
     bos_id: the decoder's start token (0, as in T5).
     keep_raw: also output the ``raw/`` fields (see the module docstring).
+    video: the images are the frames of one clip (``source.is_video``).
   """
 
   def __init__(self, num_images: int = 1, image_size: int = 224, overflow: str = "error",
                task_name: str = "", bos_id: int = 0, counter: TruncationCounter = None,
-               keep_raw: bool = False):
+               keep_raw: bool = False, video: bool = False):
     if overflow not in OVERFLOW_MODES:
       raise ValueError(f"overflow must be one of {OVERFLOW_MODES}; got {overflow!r}")
     if num_images < 1 or image_size < 1:
@@ -97,6 +99,7 @@ class PaliXFeatureConverter:
     self.bos_id = bos_id
     self.counter = counter or TruncationCounter()
     self.keep_raw = keep_raw
+    self.video = video
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, tuple]:
     """Shapes of one converted example (without the batch dimension)."""
@@ -160,7 +163,10 @@ class PaliXFeatureConverter:
       images = tf.identity(images)[:self.num_images]
       padded = tf.pad(images, [[0, self.num_images - tf.shape(images)[0]], [0, 0], [0, 0], [0, 0]])
     out["images"] = tf.ensure_shape(padded, [self.num_images, self.image_size, self.image_size, 3])
-    out["image_mask"] = tf.cast(tf.range(self.num_images) < count, tf.int32)
+    real = tf.cast(tf.range(self.num_images) < count, tf.int32)
+    if self.video:  # frames after the first continue its clip (palix_model.image_groups)
+      real = real * tf.where(tf.range(self.num_images) > 0, 2, 1)
+    out["image_mask"] = real
     if self.keep_raw:
       out.update(self._raw_fields(ex))
     return out

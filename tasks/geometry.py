@@ -7,7 +7,10 @@ the demo mixture, a single-image VQA example costs 6x what it needs. With ``batc
 rows shaped by :func:`task_geometry`:
 
 * image slots: the task's own count (``source.images_per_example``), else ``num_images``;
-* token lengths: ``feature_lengths_by_task[task]`` where given, else ``feature_lengths``.
+* token lengths: ``feature_lengths_by_task[task]`` where given, else ``feature_lengths``;
+* image size: ``image_size_by_task[task]`` where given, else the stream's ``image_size`` (None),
+  so that each task trains and is evaluated at the resolution it needs (the packed stream of
+  ``palix.tasks.packed_batches`` uses the same sides).
 
 Tasks with equal geometry share a part. The trainer's step takes all parts at once (one gradient
 over the whole mixed batch, as without parts) and compiles once. The evaluator uses the same
@@ -26,9 +29,23 @@ from palix.tasks import registry
 class Geometry:
   num_images: int
   feature_lengths: Dict[str, int]
+  image_size: Optional[int] = None  # None: the stream's image_size
 
   def key(self):
-    return self.num_images, tuple(sorted(self.feature_lengths.items()))
+    return self.num_images, tuple(sorted(self.feature_lengths.items())), self.image_size
+
+
+def check_image_sizes(image_size_by_task: Optional[Mapping[str, int]]) -> None:
+  """Errors for unknown task names and sizes that are not positive integers."""
+  if not image_size_by_task:
+    return
+  registry.ensure_registered()
+  known = set(seqio.TaskRegistry.names())
+  for name, size in image_size_by_task.items():
+    if name not in known:
+      raise ValueError(f"image_size_by_task names {name!r}, which is not a registered task")
+    if not isinstance(size, int) or size < 1:
+      raise ValueError(f"image_size_by_task[{name!r}] = {size!r}: must be a positive integer")
 
 
 def check_lengths_by_task(feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]],
@@ -52,8 +69,8 @@ def check_lengths_by_task(feature_lengths_by_task: Optional[Mapping[str, Mapping
 
 
 def task_geometry(task_name: str, *, num_images: int, feature_lengths: Mapping[str, int],
-                  feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None
-                  ) -> Geometry:
+                  feature_lengths_by_task: Optional[Mapping[str, Mapping[str, int]]] = None,
+                  image_size_by_task: Optional[Mapping[str, int]] = None) -> Geometry:
   """The geometry of the registered task ``task_name``'s own batches (see the module docstring).
 
   Raises:
@@ -66,4 +83,5 @@ def task_geometry(task_name: str, *, num_images: int, feature_lengths: Mapping[s
     raise ValueError(f"task {task_name!r} has {own} images per example but num_images is "
                      f"{num_images}; raise NUM_IMAGES (and PaliXConfig.max_images)")
   lengths = (feature_lengths_by_task or {}).get(task_name, feature_lengths)
-  return Geometry(own or num_images, {k: int(v) for k, v in lengths.items()})
+  return Geometry(own or num_images, {k: int(v) for k, v in lengths.items()},
+                  (image_size_by_task or {}).get(task_name))

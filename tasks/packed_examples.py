@@ -21,7 +21,7 @@ does for images), which keeps packed streams deterministic and exactly resumable
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,7 +38,6 @@ class PackedRows:
   """The sizes of a packed batch's rows (``palix.models.packed_batch``).
 
   Attributes:
-    rows: rows per batch (the trainer's batch size).
     vit_length: ViT tokens per row (Lv).
     vit_slots: ViT segments per row (K): images, or whole video clips.
     input_length: encoder tokens per row (Le): visual tokens and prompts.
@@ -46,7 +45,6 @@ class PackedRows:
     examples_per_row: example slots per row (S).
     patch_size: the ViT's patch size.
   """
-  rows: int = 32
   vit_length: int = 256
   vit_slots: int = 16
   input_length: int = 256
@@ -55,10 +53,46 @@ class PackedRows:
   patch_size: int = 8
 
   def check(self) -> None:
-    for name in ("rows", "vit_length", "vit_slots", "input_length", "target_length",
+    for name in ("vit_length", "vit_slots", "input_length", "target_length",
                  "examples_per_row", "patch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"PackedRows.{name} must be positive; got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedStream:
+  """How a training stream is packed (``palix.tasks.packed_batches``).
+
+  Attributes:
+    rows: the sizes of every row (:class:`PackedRows`); the number of rows is the batch size.
+    examples_per_step: examples scheduled per step (and shard): the window. Pick it so that a
+      window slightly overfills the rows; the stream's ``PackedStats`` (and ``make demo``'s
+      printout) report fill, carry-over and drops.
+    sides: ``{task: longest side in pixels}``: each task's images are resized, keeping their
+      aspect ratio, so that their longest side is at most this (smaller images keep their size,
+      rounded to whole patches).
+    default_side: the side of tasks not in ``sides``.
+    separator_id: the prompt's segment separator (``PaliXConfig.segment_separator_id``): text
+      segments are interleaved with the images as the model does for one example per row.
+  """
+  rows: PackedRows = PackedRows()
+  examples_per_step: int = 64
+  sides: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  default_side: int = 32
+  separator_id: Optional[int] = None
+
+  def check(self) -> None:
+    self.rows.check()
+    if self.examples_per_step < 1:
+      raise ValueError(f"PackedStream.examples_per_step must be positive; got "
+                       f"{self.examples_per_step}")
+    for task, side in {**dict(self.sides), "(default_side)": self.default_side}.items():
+      if not isinstance(side, int) or side < self.rows.patch_size:
+        raise ValueError(f"PackedStream.sides[{task!r}] = {side!r}: a side must be an integer "
+                         f"of at least the patch size {self.rows.patch_size}")
+
+  def side_of(self, task_name: str) -> int:
+    return int(self.sides.get(task_name, self.default_side))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +150,14 @@ def check_example(example: PackedExample, rows: PackedRows) -> None:
         f"{example.describe()}: {example.num_visual} visual tokens + {len(example.inputs)} prompt "
         f"tokens = {example.encoder_length} exceed the packed encoder length "
         f"{rows.input_length} (PackedRows.input_length); lower the task's image side "
-        "(PACKED_SIDES) or raise input_length")
+        "(PackedStream.sides) or raise input_length")
   for size in example.vit_segments():
     if size > rows.vit_length:
       what = "video clip" if example.clip else "image"
       raise DataError(
           f"{example.describe()}: an {what} of {size} patches exceeds the ViT sequence length "
           f"{rows.vit_length} (PackedRows.vit_length); lower the task's image side "
-          "(PACKED_SIDES) or raise vit_length")
+          "(PackedStream.sides) or raise vit_length")
   if len(example.vit_segments()) > rows.vit_slots:
     raise DataError(f"{example.describe()}: {len(example.images)} images need more than the "
                     f"{rows.vit_slots} ViT slots of a row (PackedRows.vit_slots)")
@@ -296,7 +330,7 @@ class PackedStats:
 
 
 class ExamplePacker:
-  """Packs the examples scheduled for each training step into ``rows.rows`` rows.
+  """Packs the examples scheduled for each training step into ``num_rows`` rows.
 
   Step ``j`` packs its own window first (first fit, longest first, into empty rows); what does
   not fit is carried into step ``j + 1``, which packs it into the room its own window leaves; an
@@ -306,8 +340,8 @@ class ExamplePacker:
   :meth:`leftover`.
   """
 
-  def __init__(self, rows: PackedRows, stats: Optional[PackedStats] = None):
-    self.rows = rows
+  def __init__(self, rows: PackedRows, num_rows: int, stats: Optional[PackedStats] = None):
+    self.rows, self.num_rows = rows, num_rows
     self.stats = stats if stats is not None else PackedStats()
     self._logged_drop = False
 
@@ -318,12 +352,12 @@ class ExamplePacker:
 
   def leftover(self, window: Sequence[PackedExample]) -> List[PackedExample]:
     """The examples of ``window`` that its own step could not place."""
-    return self._fit(window, [_RowSpace() for _ in range(self.rows.rows)])
+    return self._fit(window, [_RowSpace() for _ in range(self.num_rows)])
 
   def step(self, window: Sequence[PackedExample], carried: Sequence[PackedExample]
            ) -> Tuple[List[List[PackedExample]], List[PackedExample]]:
     """``(rows, carry)``: this step's rows (examples per row) and what moves to the next step."""
-    spaces = [_RowSpace() for _ in range(self.rows.rows)]
+    spaces = [_RowSpace() for _ in range(self.num_rows)]
     carry = self._fit(window, spaces)
     for example in self._fit(carried, spaces):
       self._drop(example)

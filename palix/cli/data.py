@@ -63,7 +63,7 @@ def _show(args):
       shuffle=not args.in_order, repeat=True, overflow="truncate"))
   texts = show.batch_texts(batch, vocabulary.get_vocabulary())
   for row, (prompt, target) in enumerate(texts):
-    print(f"[{row}] images={int(batch['image_mask'][row].sum())}  prompt: {prompt!r}\n"
+    print(f"[{row}] images={int((batch['image_mask'][row] > 0).sum())}  prompt: {prompt!r}\n"
           f"     target: {target!r}")
   if args.output:
     show.render_grid(batch, texts, args.output)

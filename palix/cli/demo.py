@@ -62,6 +62,29 @@ def headline_table(metrics: Dict[str, Dict[str, float]]) -> List[str]:
   return rows
 
 
+SEQUENCES = (("vit", "ViT"), ("encoder", "encoder"), ("decoder", "decoder"))
+
+
+def packing_efficiency(metrics_path: str) -> Optional[str]:
+  """The non-pad share of the ViT, encoder and decoder tokens that training computed on, from
+  the trainer's ``metrics.jsonl`` (``PaliXModel.token_counts``: the period averages of
+  ``num_<sequence>_tokens`` over ``num_<sequence>_capacity``), or None without them."""
+  if not os.path.isfile(metrics_path):
+    return None
+  tokens = {name: 0.0 for name, _ in SEQUENCES}
+  capacity = dict(tokens)
+  with open(metrics_path) as f:
+    for line in f:
+      record = json.loads(line)
+      for name, _ in SEQUENCES:
+        tokens[name] += record.get(f"num_{name}_tokens", 0.0)
+        capacity[name] += record.get(f"num_{name}_capacity", 0.0)
+  if not all(capacity.values()):
+    return None
+  return "packing efficiency (non-pad tokens of training): " + ", ".join(
+      f"{label} {100 * tokens[name] / capacity[name]:.1f}%" for name, label in SEQUENCES)
+
+
 def few_shot_showcase(predictions_dir: str) -> List[str]:
   """One remapped-label episode: its prompt, the 3-shot answer and the 0-shot answer."""
   paths = [os.path.join(predictions_dir, f"shape_names_{k}shot.jsonl") for k in (3, 0)]
@@ -115,6 +138,9 @@ def run(argv):
   showcase = few_shot_showcase(os.path.join(eval_dir, "predictions"))
   if showcase:
     print("\n" + "\n".join(showcase))
+  efficiency = packing_efficiency(os.path.join(args.model_dir, "metrics.jsonl"))
+  if efficiency:
+    print("\n" + efficiency)
   print(f"\ntrained in {trained - start:.0f} s, evaluated in {time.time() - trained:.0f} s; "
         f"peak memory {peak_mib:.0f} MiB (largest process)")
   print(f"report: {eval_dir}/report.html")

@@ -37,7 +37,9 @@ class FeatureSpec:
 MODEL_FEATURES: Dict[str, FeatureSpec] = {
     "images": FeatureSpec(np.float32, ("num_images", "height", "width", 3),
                           "pixel values in [-1, 1]; N images per example"),
-    "image_mask": FeatureSpec(np.int32, ("num_images",), "1 for a real image, 0 for a padded slot"),
+    "image_mask": FeatureSpec(np.int32, ("num_images",),
+                              "1 for a real image (2: a video frame continuing the clip of "
+                              "the image before), 0 for a padded slot"),
     "encoder_input_tokens": FeatureSpec(np.int32, ("input_length",), "prompt tokens, 0 = padding"),
     "decoder_input_tokens": FeatureSpec(np.int32, ("target_length",),
                                         "targets shifted right (BOS = 0): shift_right"),

@@ -32,7 +32,8 @@ key                   dtype    shape              meaning
 ====================  =======  =================  =================================================
 
 Per-example outputs of a packed batch (scores, decoded tokens) are ``[B, S, ...]``: example
-``(r, s)`` is segment ``s + 1`` of row ``r``. ``palix.tasks.packed_palix`` builds these batches.
+``(r, s)`` is segment ``s + 1`` of row ``r``. ``palix.tasks.packed_batches`` builds these
+batches for training.
 """
 
 from typing import Mapping

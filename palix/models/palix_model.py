@@ -356,11 +356,34 @@ class PaliXModel(base.BaseModel):
       return batch["decoder_segment_ids"], batch["example_mask"].shape[1]
     return None, None
 
+  def token_counts(self, batch):
+    """Real tokens and token slots of each sequence the batch computes on (``num_vit_tokens``,
+    ``num_vit_capacity``, and the same for ``encoder`` and ``decoder``): how much of a step's
+    compute is padding. One example per row pays for every image slot (masked or not) and the
+    whole ``inputs`` and ``targets`` lengths; a packed batch for its rows."""
+    count = lambda x: jnp.sum(x).astype(jnp.float32)
+    size = lambda x: jnp.asarray(x.size, jnp.float32)
+    if packed_batch.is_packed(batch):
+      vit, enc, dec = (batch[k] > 0 for k in ("image_ids", "encoder_segment_ids",
+                                               "decoder_segment_ids"))
+      return {"num_vit_tokens": count(vit), "num_vit_capacity": size(vit),
+              "num_encoder_tokens": count(enc), "num_encoder_capacity": size(enc),
+              "num_decoder_tokens": count(dec), "num_decoder_capacity": size(dec)}
+    vit_cfg = self.config.vit.resolved()
+    k = (batch["images"].shape[2] // vit_cfg.patch_size) * (batch["images"].shape[3]
+                                                            // vit_cfg.patch_size)
+    images, tokens = batch["image_mask"] > 0, batch["encoder_input_tokens"] > 0
+    dec = batch["decoder_loss_weights"] > 0
+    return {"num_vit_tokens": k * count(images), "num_vit_capacity": k * size(images),
+            "num_encoder_tokens": k * count(images) + count(tokens),
+            "num_encoder_capacity": k * size(images) + size(tokens),
+            "num_decoder_tokens": count(dec), "num_decoder_capacity": size(dec)}
+
   def loss_fn(self, params, batch, rng):
     """Loss and metrics (``losses.weighted_cross_entropy_loss``; packed: each segment is a
-    sequence). A batch with ``task_ids`` (one per example: ``[B]``, or ``[B, S]`` packed) also
-    gets per-example sums under ``per_example/`` (cross-entropy ``loss``, ``tokens`` and
-    ``correct`` tokens), which the train step adds up per task."""
+    sequence) plus :meth:`token_counts`. A batch with ``task_ids`` (one per example: ``[B]``, or
+    ``[B, S]`` packed) also gets per-example sums under ``per_example/`` (cross-entropy
+    ``loss``, ``tokens`` and ``correct`` tokens), which the train step adds up per task."""
     self._check(batch, base.INPUT_KEYS + base.TARGET_KEYS)
     logits = self.compute_logits(params, batch, rng)
     segment_ids, num_segments = self._segments(batch)
@@ -369,6 +392,7 @@ class PaliXModel(base.BaseModel):
         logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
         normalization=self.loss_normalization, ordinal_bins=self.ordinal_bins,
         segment_ids=segment_ids, num_segments=num_segments)
+    metrics.update(self.token_counts(batch))
     if "task_ids" in batch:
       token_loss, token_z = losses.token_cross_entropy(
           logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss,

@@ -9,6 +9,9 @@
    some of them from an ``InitialCheckpoint``;
 3. runs jitted train steps, logging scalars to TensorBoard and ``MODEL_DIR/metrics.jsonl``, with a
    tqdm progress bar, and stops with ``FloatingPointError`` naming the step if the loss is NaN/Inf;
+   when the batch source names the tasks of its batches' ``task_ids`` (``palix.training.data``),
+   each task's loss and token accuracy too (``task_loss/<task>``, ``task_accuracy/<task>``: over
+   the logging period, per target token), on the progress line and in a log line per period;
 4. saves every ``checkpoint_period`` steps and at the end.
 """
 
@@ -35,12 +38,28 @@ from palix.training.train_state import StateFactory, TrainState
 logger = logging.getLogger(__name__)
 
 
+def task_scalars(sums: Mapping[str, np.ndarray], task_names) -> Dict[str, float]:
+  """Per-task loss and token accuracy from a period's ``per_task/`` sums (tasks without target
+  tokens in the period are left out)."""
+  tokens = sums.get(train_step_lib.PER_TASK + "tokens")
+  if tokens is None or not task_names:
+    return {}
+  out = {}
+  for i, name in enumerate(task_names):
+    if tokens[i] > 0:
+      out[f"task_loss/{name}"] = float(sums[train_step_lib.PER_TASK + "loss"][i] / tokens[i])
+      out[f"task_accuracy/{name}"] = float(sums[train_step_lib.PER_TASK + "correct"][i]
+                                           / tokens[i])
+  return out
+
+
 class _StepMonitor:
   """Checks each step's loss one step late (so dispatch stays asynchronous) and writes averages."""
 
   def __init__(self, writer, *, log_period: int, batch_size: int, total_steps: int,
-               start_step: int, progress_bar: bool):
+               start_step: int, progress_bar: bool, task_names=()):
     self.writer, self.log_period, self.batch_size = writer, log_period, batch_size
+    self.task_names = tuple(task_names)
     self._pending = None
     self._sums: Dict[str, float] = {}
     self._count = 0
@@ -65,7 +84,8 @@ class _StepMonitor:
       return
     step, metrics = self._pending
     self._pending = None
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    values = {k: np.asarray(v, np.float64) if np.ndim(v) else float(v)
+              for k, v in jax.device_get(metrics).items()}
     if not np.isfinite(values["loss"]):
       raise FloatingPointError(f"loss is {values['loss']} at step {step} (the loss of batch "
                                f"{step - 1}, counting from 0); stopping. The last checkpoint "
@@ -81,15 +101,27 @@ class _StepMonitor:
       self._write(step, values)
 
   def _write(self, step: int, last: Mapping[str, float]) -> None:
-    scalars = {k: v / self._count for k, v in self._sums.items()}
+    scalars = {k: v / self._count for k, v in self._sums.items()
+               if not k.startswith(train_step_lib.PER_TASK)}
+    tasks = task_scalars(self._sums, self.task_names)
+    scalars.update(tasks)
     scalars["learning_rate"] = last["learning_rate"]
     now, steps = time.time(), step - self._last_step
     if steps > 0:
       scalars["step_time_s"] = (now - self._last_time) / steps
-      scalars["examples_per_s"] = self.batch_size * steps / (now - self._last_time)
+      # Packed rows hold several examples: count the model's examples when it reports them.
+      per_step = scalars.get("num_examples", self.batch_size)
+      scalars["examples_per_s"] = per_step * steps / (now - self._last_time)
     self._last_time, self._last_step = now, step
     self.writer.write_scalars(step, scalars)
-    self.pbar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+    postfix = {"loss": f"{scalars['loss']:.4f}"}
+    postfix.update({k.split("/", 1)[1]: f"{v:.3f}" for k, v in tasks.items()
+                    if k.startswith("task_loss/")})
+    self.pbar.set_postfix(postfix, refresh=False)
+    if tasks and self.writer.enabled:
+      logger.info("step %d per task (loss, token accuracy): %s", step, "; ".join(
+          f"{name} {tasks[f'task_loss/{name}']:.3f} {100 * tasks[f'task_accuracy/{name}']:.1f}%"
+          for name in self.task_names if f"task_loss/{name}" in tasks))
     self._sums, self._count = {}, 0
 
   def close(self) -> None:
@@ -188,6 +220,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
                            repeat=True, start_step=start_step, shard_index=layout.shard_index,
                            num_shards=layout.num_shards)
   first = next(batches)  # its shapes size the model
+  task_names = tuple(getattr(batches, "task_names", ()))
   optimizer = optimizer.with_frozen_prefixes(model.frozen_param_prefixes())
   factory = StateFactory(model, optimizer.make(), partitioner,
                          *_batch_geometry(first, layout), seed=seed)
@@ -205,14 +238,15 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
       train_step_lib.make_train_step(model, factory.tx, optimizer.learning_rate_fn,
                                      optimizer.frozen_mask(factory.abstract_params),
                                      num_microbatches=num_microbatches,
-                                     param_mask_fn=param_mask_fn),
+                                     param_mask_fn=param_mask_fn, num_tasks=len(task_names)),
       out_shardings=(factory.shardings, partitioner.replicated), donate_argnums=(0,))
   writer = metrics_writer_lib.MetricsWriter(os.path.join(model_dir, "train"),
                                             os.path.join(model_dir, "metrics.jsonl"),
                                             enabled=jax.process_index() == 0)
   writer.truncate_after(start_step)
   monitor = _StepMonitor(writer, log_period=log_period, batch_size=batch_size,
-                         total_steps=train_steps, start_step=start_step, progress_bar=progress_bar)
+                         total_steps=train_steps, start_step=start_step, progress_bar=progress_bar,
+                         task_names=task_names)
   try:
     with partitioner.context():
       local_batches = itertools.chain([first], batches)

@@ -81,6 +81,12 @@ class ExampleSource(seqio.DataSource):
     return 1
 
   @property
+  def is_video(self) -> bool:
+    """Whether an example's images are the frames of one video clip, in order (a PaLI-X with a
+    time embedding encodes them as one ViT sequence: ``image_mask`` 2 after the first frame)."""
+    return False
+
+  @property
   def augment_splits(self) -> Tuple[str, ...]:
     """Splits whose examples get ``augment=True`` (random crops/flips where the task has them)."""
     return self._augment_splits
@@ -262,6 +268,11 @@ class TableSource(ExampleSource):
       return None
     counts = {self.num_frames if r.video_path else len(r.image_paths) for r in loaded}
     return counts.pop() if len(counts) == 1 else None
+
+  @property
+  def is_video(self) -> bool:
+    loaded = [r for records in self._tables.values() for r in records]
+    return bool(loaded) and bool(loaded[0].video_path)  # as _make_record_fn decides
 
   def text_pairs(self, split: str) -> Iterator[Tuple[str, str]]:
     for record in self.records(split):

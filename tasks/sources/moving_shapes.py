@@ -40,6 +40,10 @@ class MovingShapesSource(base.PythonSource):
   def pixel_shape(self):
     return (self.num_frames, self.canvas, self.canvas, 3)
 
+  @property
+  def is_video(self) -> bool:
+    return True
+
   def clip(self, split: str, index: int):
     """``(frames uint8 [T, H, W, 3], sprite, direction, [(top, left) per frame])``."""
     rng = self.rng(split, index)

@@ -46,6 +46,9 @@ def test_shortened_demo_prints_the_table_and_writes_the_report(first_run):
   assert images and all((report.parent / src).is_file() for src in images)
   assert (model_dir / "config.gin").is_file()  # the final gin config beside the checkpoint
   assert re.search(r"peak memory \d+ MiB", out)
+  # training ran on packed batches: the printed fill is that of the trainer's token counts
+  assert re.search(r"packing efficiency \(non-pad tokens of training\): ViT \d+\.\d%, "
+                   r"encoder \d+\.\d%, decoder \d+\.\d%", out), out[-2000:]
 
 
 @pytest.mark.slow  # 1-1.5 min; killed-and-resumed training is tested in tests/cli/test_train_cli.py
@@ -63,6 +66,20 @@ def test_headline_table_marks_targets():
   assert rows[2] == "| easy-VQA test VQA accuracy (%) | 97.5 | >= 97 (met) |"
   assert rows[3] == "| detection mAP@0.5 | 0.25 | >= 0.5 (missed) |"
   assert len(rows) == 4  # absent tasks are left out, not shown as zero
+
+
+def test_packing_efficiency_adds_up_the_logged_periods(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  periods = [{"step": 50, "num_vit_tokens": 90.0, "num_vit_capacity": 100.0,
+              "num_encoder_tokens": 150.0, "num_encoder_capacity": 200.0,
+              "num_decoder_tokens": 10.0, "num_decoder_capacity": 40.0},
+             {"step": 100, "num_vit_tokens": 70.0, "num_vit_capacity": 100.0,
+              "num_encoder_tokens": 170.0, "num_encoder_capacity": 200.0,
+              "num_decoder_tokens": 30.0, "num_decoder_capacity": 40.0}]
+  path.write_text("".join(json.dumps(p) + "\n" for p in periods))
+  assert demo.packing_efficiency(str(path)) == (
+      "packing efficiency (non-pad tokens of training): ViT 80.0%, encoder 80.0%, decoder 50.0%")
+  assert demo.packing_efficiency(str(tmp_path / "absent.jsonl")) is None
 
 
 def test_training_and_evaluation_bindings_reach_only_their_step():

@@ -20,7 +20,7 @@ from palix.models.vit import ParallelBlock, SinCos2DPosEmb, ViTConfig
 from palix.tasks import packed_examples as pe
 
 P, VOCAB, SEP, LD = 8, 48, 7, 6
-ROWS = pe.PackedRows(rows=2, vit_length=40, vit_slots=6, input_length=64, target_length=16,
+ROWS = pe.PackedRows(vit_length=40, vit_slots=6, input_length=64, target_length=16,
                      examples_per_row=3, patch_size=P)
 
 

@@ -74,8 +74,12 @@ def test_each_part_has_its_tasks_rows_in_their_geometry(mix, reference, vocab):
     assert video["images"].shape == (2, registry.MOVING_SHAPES_FRAMES, 16, 16, 3)
     assert video["decoder_target_tokens"].shape == (2, 8)
     assert all(a in ("up", "down", "left", "right") for _, a in show.batch_texts(video, vocab))
-    for part in (still, video):
-      np.testing.assert_array_equal(part["image_mask"], np.ones(part["image_mask"].shape))
+    np.testing.assert_array_equal(still["image_mask"], np.ones(still["image_mask"].shape))
+    # a clip's first frame starts it, the others continue it (palix_model.image_groups)
+    np.testing.assert_array_equal(video["image_mask"], [[1, 2, 2, 2, 2, 2]] * 2)
+    # task_ids index the mixture's tasks
+    assert [names[i] for i in still["task_ids"]] == ["easy_vqa"] * 6 + ["easy_vqa_caption"] * 4
+    assert [names[i] for i in video["task_ids"]] == ["moving_shapes_vqa"] * 2
 
 
 def test_determinism_resumption_and_shards(mix, reference):

@@ -50,14 +50,15 @@ def test_list_tasks_has_the_builtins():
 def test_every_builtin_task_yields_model_batches(name, vocab):
   frames = registry.MOVING_SHAPES_FRAMES
   (batch,) = _take(name, 1, batch_size=2, num_images=frames)
-  assert set(batch) == KEYS
+  assert set(batch) == KEYS | {"task_ids"}  # training streams name each row's task
+  np.testing.assert_array_equal(batch.pop("task_ids"), [0, 0])  # a task is its own mixture
   shapes = {"images": (2, frames, 16, 16, 3), "image_mask": (2, frames)}
   for key, value in batch.items():
     assert value.dtype == DTYPES[key], key
     assert value.shape == shapes.get(key, (2, LENGTHS["targets" if "decoder" in key else "inputs"]))
   assert batch["images"].min() >= -1 and batch["images"].max() <= 1
   expected_images = frames if name.startswith("moving_shapes") else 1
-  np.testing.assert_array_equal(batch["image_mask"].sum(1), [expected_images] * 2)
+  np.testing.assert_array_equal((batch["image_mask"] > 0).sum(1), [expected_images] * 2)
   np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:],
                                 batch["decoder_target_tokens"][:, :-1])
   assert np.all(batch["decoder_input_tokens"][:, 0] == 0)
@@ -138,7 +139,8 @@ def test_detection_targets_match_the_canvas_boxes(vocab):
 def test_video_clips_have_the_configured_frame_count(vocab):
   frames = registry.MOVING_SHAPES_FRAMES
   (batch,) = _take("moving_shapes_vqa", 1, batch_size=3, num_images=frames + 2, image_size=32)
-  np.testing.assert_array_equal(batch["image_mask"], [[1] * frames + [0, 0]] * 3)
+  # the first frame starts the clip, the others continue it (palix_model.image_groups)
+  np.testing.assert_array_equal(batch["image_mask"], [[1] + [2] * (frames - 1) + [0, 0]] * 3)
   assert np.all(batch["images"][:, frames:] == 0)
   for clip, (_, answer) in zip(batch["images"], show.batch_texts(batch, vocab)):
     background = clip[0, 0, 0]
