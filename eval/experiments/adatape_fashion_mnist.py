@@ -2,7 +2,7 @@
 Fashion-MNIST; accuracy, and where the tape spends its tokens.
 
     python -m palix.eval.experiments.adatape_fashion_mnist [--seeds 0 1 2] [--steps 1000] [--quick]
-        [--gin BINDING ...] [--name adatape_fashion_mnist]
+        [--gin BINDING ...] [--name adatape_fashion_mnist] [--plot]
 
 Each run is ``palix train`` in-process: ``gin/models/classifier/classifier_tiny.gin`` (plain ViT:
 width 64, 3 layers, 4 heads, patch 4 on 28 px, mean pooling) or ``classifier_adatape_tiny.gin``
@@ -101,32 +101,36 @@ def spread(values):
   return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
 
 
-def plot(class_rows, difficulty_rows, seeds, path):
+def plot(class_rows, difficulty_rows, path):
+  """Tape tokens per class (mean over seeds, whiskers: spread) and per difficulty bin and seed."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (ax_class, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.2))
+  fig, (ax_class, ax_diff) = plt.subplots(1, 2, figsize=(13, 4.2))
   x = np.arange(len(class_rows))
-  relative = np.array([[r[f"tape_tokens_vs_seed_mean_{s}"] for s in seeds] for r in class_rows])
-  ax_class.bar(x, relative.mean(1), color="tab:blue", alpha=0.5)
-  for j, seed in enumerate(seeds):
-    ax_class.plot(x + 0.12 * (j - 1), relative[:, j], "o", ms=4, label=f"seed {seed}")
-  ax_class.axhline(0, color="k", lw=0.5)
+  means = np.array([float(r["tape_tokens_mean"]) for r in class_rows])
+  spreads = np.array([float(r["tape_tokens_spread"]) for r in class_rows])
+  ax_class.bar(x, means, yerr=spreads, capsize=4)
+  ax_class.set_ylim(max(0.0, (means - spreads).min() - 0.3), (means + spreads).max() + 0.3)
   ax_class.set_xticks(x, [r["class"] for r in class_rows], rotation=40, ha="right")
-  ax_class.set(ylabel="tape tokens: class mean - seed's mean",
-               title="AdaTape tape tokens per class (bars: mean of the seeds)")
-  ax_class.legend(fontsize=8)
-  for seed in seeds:
-    pts = [r for r in difficulty_rows if r["seed"] == seed]
-    ax_diff.plot([r["bin"] + 1 for r in pts], [r["tape_tokens_mean"] for r in pts], marker="o",
-                 label=f"seed {seed}")
+  ax_class.set(ylabel="tape tokens used (mean over test images)",
+               title="AdaTape tape tokens per class (bars: mean of seeds; whiskers: std)")
+  for seed in sorted({int(r["seed"]) for r in difficulty_rows}):
+    pts = sorted((r for r in difficulty_rows if int(r["seed"]) == seed), key=lambda r: int(r["bin"]))
+    ax_diff.plot([int(r["bin"]) + 1 for r in pts], [float(r["tape_tokens_mean"]) for r in pts],
+                 marker="o", label=f"seed {seed}")
   ax_diff.set(xlabel="difficulty decile (plain ViT's loss on the image; 10 = hardest)",
               ylabel="tape tokens used (mean in bin)",
               title="AdaTape tape tokens against difficulty")
-  ax_diff.legend()
+  ax_diff.legend(loc="center right")
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=110)
+
+
+def read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
 
 
 def main(argv=None):
@@ -138,7 +142,15 @@ def main(argv=None):
   parser.add_argument("--results", default=RESULTS)
   parser.add_argument("--figures", default=FIGURES)
   parser.add_argument("--quick", action="store_true", help="60 steps, one seed (a smoke run)")
+  parser.add_argument("--plot", action="store_true",
+                      help="only redraw the figure from the CSVs already written")
   args = parser.parse_args(argv)
+  if args.plot:
+    prefix = os.path.join(args.results, args.name)
+    plot(read_csv(f"{prefix}_classes.csv"), read_csv(f"{prefix}_difficulty.csv"),
+         os.path.join(args.figures, f"{args.name}.png"))
+    print(f"wrote {args.figures}/{args.name}.png")
+    return
   if args.quick:
     args.seeds, args.steps = args.seeds[:1], 60
   runs, tests = [], {}
@@ -166,8 +178,6 @@ def main(argv=None):
       row[f"{arm}_accuracy"], row[f"{arm}_accuracy_spread"] = (round(v, 4) for v in spread(acc))
     used = [tests[("adatape", s)][3][labels == c].mean() for s in args.seeds]
     row["tape_tokens_mean"], row["tape_tokens_spread"] = (round(v, 3) for v in spread(used))
-    for s, u in zip(args.seeds, used):  # relative to the seed's mean over all test images
-      row[f"tape_tokens_vs_seed_mean_{s}"] = round(float(u - tests[("adatape", s)][3].mean()), 3)
     row["plain_loss_mean"] = round(float(difficulty[labels == c].mean()), 4)
     class_rows.append(row)
   for seed in args.seeds:
@@ -191,7 +201,7 @@ def main(argv=None):
   write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
   write_csv(os.path.join(args.results, f"{args.name}_classes.csv"), class_rows)
   write_csv(os.path.join(args.results, f"{args.name}_difficulty.csv"), difficulty_rows)
-  plot(class_rows, difficulty_rows, args.seeds, os.path.join(args.figures, f"{args.name}.png"))
+  plot(class_rows, difficulty_rows, os.path.join(args.figures, f"{args.name}.png"))
   for arm in ARMS:
     acc = [r["test_accuracy"] for r in runs if r["arm"] == arm]
     cpu = [r["train_cpu_s"] for r in runs if r["arm"] == arm]
