@@ -27,14 +27,3 @@ def padding_mask(q_valid, kv_valid):
 def causal_mask(length, dtype=bool):
   """Lower-triangular ``[1, 1, L, L]`` mask: position i sees positions <= i."""
   return jnp.tril(jnp.ones((length, length), dtype))[None, None]
-
-
-def combine_masks(*masks):
-  """Logical AND of the masks that are not None (None if all are None)."""
-  masks = [m for m in masks if m is not None]
-  if not masks:
-    return None
-  out = masks[0]
-  for m in masks[1:]:
-    out = out & m
-  return out
