@@ -6,7 +6,7 @@
 The tiny OWL detector's full training step (forward, Hungarian matching on the host, losses,
 backward, AdamW) on the same batches of pseudo-labelled-like data (the captioned canvases with
 their true boxes and class-name queries, 2x2 mosaics with probability 0.3, as
-``experiments/owl_self_train.gin``), in four settings:
+``experiments/owl_detector.gin``), in four settings:
 
 * ``all tokens``: every patch enters the ViT and reaches the heads (the baseline);
 * ``drop 50%``: token dropping, the half of the patches with the lowest pixel variance never

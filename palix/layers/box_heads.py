@@ -89,8 +89,8 @@ class ClassPredictor(nn.Module):
     shift_init: initial bias of the per-token shift.
     scale_init: initial per-token scale ``elu(s) + 1`` (at least 1). A cosine similarity only
       spans [-1, 1], so the scale is what lets the scores of two queries differ; starting it at
-      the image-text model's temperature (SigLIP learns ``exp(t)`` of about 10) makes the class
-      scores discriminate from the first step instead of after thousands.
+      the image-text model's temperature (SigLIP learns ``exp(t)`` of about 10) starts the class
+      scores as sharp as the image-text model's.
   """
   embed_dim: int
   normalize: bool = True
