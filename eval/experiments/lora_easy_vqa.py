@@ -2,19 +2,23 @@
 questions.
 
     python -m palix.eval.experiments.lora_easy_vqa [--seeds 0 1 2] [--steps 600]
-        [--eval_examples 1000] [--base out/lora_easy_vqa/base]
+        [--eval_examples 1000] [--base out/lora_easy_vqa/base] [--arms full lora]
+        [--lr ARM=RATE ...] [--append]
 
 1. The base model (``experiments/lora_easy_vqa_base.gin``: the demo PaLI-X, 1500 steps of batch 32
    on easy-VQA captions, never a question) is trained into ``--base`` unless it is there.
 2. For each seed, two fine-tunes from it on ``easy_vqa`` (``experiments/lora_easy_vqa.gin``: AdamW,
-   cosine schedule, ``--steps`` steps of batch 32): every parameter (``runs/finetune.gin``, learning
-   rate 1e-3) and rank-4 adapters on the text model's attention and MLP kernels
+   cosine schedule, ``--steps`` steps of batch 32): every parameter (``runs/finetune.gin``, peak
+   learning rate 3e-4) and rank-4 adapters on the text model's attention and MLP kernels
    (``runs/finetune_lora.gin`` + ``experiments/lora_easy_vqa_adapters.gin``, 3e-3). Each is
    ``palix train`` in-process with those files; ``SEED`` sets the data order (and the adapters'
    initialisation).
 3. Each result (the LoRA one merged into the base) answers the first ``--eval_examples`` test
    questions with greedy decoding (``palix eval``'s ``evaluate_tasks``); the score is VQA
    accuracy (an easy-VQA question has one answer: exact match), also per answer type.
+
+``--lr ARM=RATE`` overrides an arm's peak learning rate and ``--append`` adds the runs to the
+CSVs already there (docs/lora.md's results: both arms, then full fine-tuning at 1e-3 and 1e-4).
 
 Writes ``docs/results/lora_easy_vqa.csv`` (one row per run: accuracy, trained and total
 parameters, the trainer's step time) and ``lora_easy_vqa_curves.csv`` (the logged training loss),
@@ -119,8 +123,8 @@ def run(arm: str, seed: int, steps: int, base_dir: str, eval_examples: int, mode
          "step_time_ms_median": round(1000 * float(np.median(step_times)), 1) if step_times else "",
          "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
          "final_train_loss": round(logged[-1]["loss"], 4)}
-  curve = [{"arm": arm, "seed": seed, "step": r["step"], "loss": round(r["loss"], 4)}
-           for r in logged]
+  curve = [{"arm": arm, "seed": seed, "learning_rate": row["learning_rate"], "step": r["step"],
+            "loss": round(r["loss"], 4)} for r in logged]
   return row, curve
 
 
@@ -132,6 +136,27 @@ def gin_learning_rate(arm: str) -> float:
     return float(gin.query_parameter("schedules.cosine.base_learning_rate"))
   finally:
     gin.clear_config()
+
+
+def read_csv(path):
+  """Rows of a CSV this script wrote, numbers as numbers (``[]`` if there is none)."""
+  if not os.path.exists(path):
+    return []
+  def number(value):
+    for kind in (int, float):
+      try:
+        return kind(value)
+      except ValueError:
+        pass
+    return value
+  with open(path, newline="") as f:
+    return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def settings(rows):
+  """The (arm, peak learning rate) pairs of the rows, full fine-tuning first."""
+  return sorted({(r["arm"], float(r["learning_rate"])) for r in rows},
+                key=lambda s: (list(ARMS).index(s[0]), -s[1]))
 
 
 def write_csv(path, rows):
@@ -152,24 +177,27 @@ def plot(rows, curves, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  colors = {"full": "tab:gray", "lora": "tab:blue"}
-  fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  for arm in ARMS:
-    for seed in sorted({c["seed"] for c in curves if c["arm"] == arm}):
-      pts = [c for c in curves if c["arm"] == arm and c["seed"] == seed]
-      ax.plot([c["step"] for c in pts], [c["loss"] for c in pts], color=colors[arm], alpha=0.8,
-              label=arm if seed == min(c["seed"] for c in curves) else None)
+  cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  arms = settings(rows)
+  fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.2))
+  names = []
+  for i, (arm, rate) in enumerate(arms):
+    name = f"{arm}, lr {rate:g}"
+    ours = [r for r in rows if r["arm"] == arm and float(r["learning_rate"]) == rate]
+    names.append(f"{name}\n({100 * ours[0]['trained_fraction']:.1f}% trained)")
+    accs = [r["vqa_accuracy"] for r in ours]
+    ours = [c for c in curves if c["arm"] == arm and float(c["learning_rate"]) == rate]
+    for j, seed in enumerate(sorted({c["seed"] for c in ours})):
+      pts = [c for c in ours if c["seed"] == seed]
+      ax.plot([c["step"] for c in pts], [c["loss"] for c in pts], color=cycle[i], alpha=0.8,
+              label=name if j == 0 else None)
+    ax_acc.scatter([i] * len(accs), accs, color=cycle[i])
+    ax_acc.errorbar([i + 0.15], [np.mean(accs)], yerr=[np.std(accs, ddof=1) if len(accs) > 1
+                                                       else 0], fmt="o", color="k", capsize=3)
   ax.set(xlabel="fine-tuning step", ylabel="training loss (logged averages)", yscale="log",
          title="easy-VQA questions from a caption-trained base")
   ax.legend()
-  for i, arm in enumerate(ARMS):
-    accs = [r["vqa_accuracy"] for r in rows if r["arm"] == arm]
-    ax_acc.scatter([i] * len(accs), accs, color=colors[arm])
-    ax_acc.errorbar([i + 0.15], [np.mean(accs)], yerr=[np.std(accs, ddof=1) if len(accs) > 1
-                                                       else 0], fmt="o", color="k", capsize=3)
-  trained = {r["arm"]: r["trained_fraction"] for r in rows}
-  ax_acc.set(xticks=range(len(ARMS)),
-             xticklabels=[f"{a}\n({100 * trained.get(a, 1):.1f}% trained)" for a in ARMS],
+  ax_acc.set(xticks=range(len(arms)), xticklabels=names,
              ylabel="test VQA accuracy (%)", title="per seed, mean ± std")
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -185,12 +213,16 @@ def main(argv=None):
   parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
   parser.add_argument("--lr", nargs="*", default=[], metavar="ARM=RATE",
                       help="override an arm's peak learning rate (e.g. lora=1e-3)")
+  parser.add_argument("--append", action="store_true",
+                      help="add to the rows and curves already in --results (another setting)")
   parser.add_argument("--results", default=RESULTS)
   parser.add_argument("--figure", default=FIGURE)
   args = parser.parse_args(argv)
   learning_rates = {arm: float(rate) for arm, rate in (o.split("=", 1) for o in args.lr)}
   train_base(args.base)
-  rows, curves = [], []
+  rows_csv = os.path.join(args.results, "lora_easy_vqa.csv")
+  curves_csv = os.path.join(args.results, "lora_easy_vqa_curves.csv")
+  rows, curves = ([], []) if not args.append else (read_csv(rows_csv), read_csv(curves_csv))
   for seed in args.seeds:
     for arm in args.arms:
       with tempfile.TemporaryDirectory() as model_dir:
@@ -199,11 +231,13 @@ def main(argv=None):
       rows.append(row)
       curves += curve
       print(row, flush=True)
-      write_csv(os.path.join(args.results, "lora_easy_vqa.csv"), rows)
-      write_csv(os.path.join(args.results, "lora_easy_vqa_curves.csv"), curves)
-  for arm in args.arms:
-    accs = [r["vqa_accuracy"] for r in rows if r["arm"] == arm]
-    print(f"{arm}: VQA accuracy {mean_and_std(accs)} over seeds {args.seeds}")
+      write_csv(rows_csv, rows)
+      write_csv(curves_csv, curves)
+  for arm, rate in settings(rows):
+    ours = [r for r in rows if r["arm"] == arm and float(r["learning_rate"]) == rate]
+    print(f"{arm}, learning rate {rate:g}: VQA accuracy "
+          f"{mean_and_std([r['vqa_accuracy'] for r in ours])} over seeds "
+          f"{sorted(r['seed'] for r in ours)}")
   plot(rows, curves, args.figure)
 
 
