@@ -19,6 +19,13 @@ def gelu_tanh(x):
   return nn.gelu(x, approximate=True)
 
 
+def _dense(mlp, name, features, axes):
+  """A kernel (and bias) of ``mlp`` named with the logical ``axes`` (``[in, out]``)."""
+  return nn.Dense(features, use_bias=mlp.use_bias, dtype=mlp.dtype, param_dtype=mlp.param_dtype,
+                  kernel_init=nn.with_logical_partitioning(mlp.kernel_init, axes),
+                  bias_init=nn.with_logical_partitioning(inits.zeros, axes[1:]), name=name)
+
+
 class Mlp(nn.Module):
   """Dense -> activation -> Dense, with optional biases (ViT keeps them, T5 drops them)."""
   mlp_dim: int
@@ -31,16 +38,10 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    embed = x.shape[-1]
-    h = nn.Dense(self.mlp_dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
-                 bias_init=nn.with_logical_partitioning(inits.zeros, ("mlp",)), name="wi")(x)
-    h = self.activation(h)
+    h = self.activation(_dense(self, "wi", self.mlp_dim, ("embed", "mlp"))(x))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return nn.Dense(embed, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(inits.zeros, ("embed",)), name="wo")(h)
+    return _dense(self, "wo", x.shape[-1], ("mlp", "embed"))(h)
 
 
 class GatedMlp(nn.Module):
@@ -55,16 +56,8 @@ class GatedMlp(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    embed = x.shape[-1]
-
-    def dense(name, features, axes):
-      return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype,
-                      param_dtype=self.param_dtype,
-                      kernel_init=nn.with_logical_partitioning(self.kernel_init, axes),
-                      bias_init=nn.with_logical_partitioning(inits.zeros, axes[1:]), name=name)
-
-    h = self.activation(dense("wi_0", self.mlp_dim, ("embed", "mlp"))(x))
-    h = h * dense("wi_1", self.mlp_dim, ("embed", "mlp"))(x)
+    h = self.activation(_dense(self, "wi_0", self.mlp_dim, ("embed", "mlp"))(x))
+    h = h * _dense(self, "wi_1", self.mlp_dim, ("embed", "mlp"))(x)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return dense("wo", embed, ("mlp", "embed"))(h)
+    return _dense(self, "wo", x.shape[-1], ("mlp", "embed"))(h)
