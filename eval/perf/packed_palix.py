@@ -1,6 +1,6 @@
 """Training throughput of packed PaLI-X batches against batch parts, on the demo's mixture.
 
-    python -m palix.eval.perf.packed_palix [--rounds 3] [--steps 10]
+    python -m palix.eval.perf.packed_palix [--rounds 3] [--steps 10] [--gin.NAME=VALUE ...]
 
 Both arms train the demo's PaLI-X (``gin/experiments/demo_{model,train}.gin``: the same model,
 optimizer and per-task image sides) on ``embedded_mix`` with jitted palix train steps, in one
@@ -17,11 +17,13 @@ After one warm-up step each (compilation), the arms take turns, ``--steps`` step
 its batch (the input pipelines run in the background; their CPU time counts too). Prints, per
 arm, examples per step, examples/s of wall time and per CPU-second (process CPU time, all
 threads: steadier than wall time on a shared machine), the non-pad share of the ViT, encoder
-and decoder tokens the steps computed on, and as its last line the ratios.
+and decoder tokens the steps computed on, and as its last line the ratios. ``--gin.`` flags
+change the demo's configuration for both arms (e.g. other ``packed.PackedRows`` sizes).
 """
 
 import argparse
 import logging
+import sys
 import time
 
 import flax.linen as nn
@@ -54,9 +56,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10)
-  args = parser.parse_args(argv)
+  bindings, rest = palix_config.split_gin_bindings(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
   logging.getLogger("palix.tasks.packed_examples").setLevel(logging.ERROR)
-  palix_config.parse_gin(GIN_FILES, ["MODEL_DIR = '/tmp/unused'"], finalize=False)
+  palix_config.parse_gin(GIN_FILES, ["MODEL_DIR = '/tmp/unused'", *bindings], finalize=False)
   from palix.models.palix_model import PaliXModel  # pylint: disable=g-import-not-at-top
   from palix.training import optimizers  # pylint: disable=g-import-not-at-top
   model = PaliXModel()
