@@ -61,7 +61,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from flax import serialization
 from flax import traverse_util
 
@@ -69,6 +68,7 @@ from palix.interop import param_mapping
 from palix.interop.param_mapping import Rule, source
 from palix.models.t5 import T5EncoderDecoder
 from palix.models.t5_config import ACTIVATIONS, T5Config
+from palix.training import checkpoints
 
 LEGACY, ORBAX = "legacy", "orbax"
 ALLOWED_OVERRIDES = ("scan", "remat", "remat_policy", "dtype", "param_dtype", "attention_impl",
@@ -194,11 +194,7 @@ def read_orbax(state_dir: Union[str, pathlib.Path]) -> Dict[str, np.ndarray]:
   """The ``target`` of an Orbax-format step (``checkpoint_<step>/state``), read as numpy."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   state_dir = pathlib.Path(state_dir).absolute()
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    tree = getattr(handler.metadata(epath.Path(state_dir)), "tree", None)
-  finally:
-    handler.close()
+  tree = checkpoints.stored_tree(state_dir)
   if not isinstance(tree, Mapping) or "target" not in tree:
     top = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
     raise ValueError(f"{state_dir}: an Orbax checkpoint without 'target' (top level: {top}); "

@@ -138,13 +138,18 @@ def resolve_pytree_dir(path: str) -> pathlib.Path:
       "{'params': params}, a training run's checkpoints folder, or one <step> folder in it")
 
 
-def stored_params(pytree_dir: pathlib.Path) -> Dict[str, Tuple[Tuple[int, ...], Any]]:
-  """``{'a/b/kernel': (shape, dtype)}`` of the parameters stored under ``'params'``."""
+def stored_tree(pytree_dir) -> Any:
+  """The metadata tree (shapes and dtypes, no arrays) of an Orbax PyTree folder."""
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    tree = getattr(handler.metadata(epath.Path(pytree_dir)), "tree", None)
+    return getattr(handler.metadata(epath.Path(pytree_dir)), "tree", None)
   finally:
     handler.close()
+
+
+def stored_params(pytree_dir: pathlib.Path) -> Dict[str, Tuple[Tuple[int, ...], Any]]:
+  """``{'a/b/kernel': (shape, dtype)}`` of the parameters stored under ``'params'``."""
+  tree = stored_tree(pytree_dir)
   if not isinstance(tree, dict) or "params" not in tree:
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
     raise ValueError(f"checkpoint {str(pytree_dir)!r} has no 'params' entry (top level: {keys}); "
