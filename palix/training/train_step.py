@@ -5,8 +5,9 @@
 * ``num_microbatches = k`` splits the batch into ``k`` interleaved microbatches (rows ``i, i+k,
   ...``, so every data shard contributes to each) and averages their gradients: the same update as
   one big batch when the model's loss is a mean over equally weighted examples.
-* ``param_mask_fn(params, step) -> params`` runs after the update (the seam for n:m sparsity
-  masks); it must be jittable.
+* ``param_mask_fn(params, step) -> params`` runs after the update (a projection of the weights,
+  e.g. clipping); it must be jittable. Weight sparsity is not done here but in the optimizer
+  (``palix.sparsity``: its masks are optimizer state, saved and resumed with it).
 
 A batch may also be a tuple of parts of different geometry (``batch_parts`` of the data layer):
 one gradient over all of them, each part weighted by its share of the rows.

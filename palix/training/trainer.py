@@ -201,7 +201,7 @@ def train(*, model=gin.REQUIRED, model_dir: str = gin.REQUIRED, train_steps: int
     initial_checkpoint: parameters for a fresh run (fine-tuning); ignored when resuming.
     log_period: steps between metric writes (scalars are averages over the period).
     num_microbatches: gradient accumulation inside a step.
-    param_mask_fn: ``(params, step) -> params`` after each update (sparsity masks).
+    param_mask_fn: ``(params, step) -> params`` after each update (``train_step``).
     progress_bar: show tqdm on the first process.
 
   Returns:
