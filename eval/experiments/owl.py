@@ -1,7 +1,8 @@
 """Open-vocabulary detection and OWL-ST self-training on the shapes canvases (docs/owl.md).
 
     python -m palix.eval.experiments.owl [--seeds 0,1,2] [--work_dir /tmp/owl_experiment]
-        [--json docs/results/owl.json] [--csv docs/results/owl.csv] [--png docs/img/owl.png]
+        [--self_train_seeds 0,1,2] [--json docs/results/owl.json] [--csv docs/results/owl.csv]
+    [--png docs/img/owl.png]
 
 Every stage is the documented command (``palix train`` with the ``experiments/owl_*.gin`` files,
 ``palix owl ...``), run as its own process; per seed:
@@ -13,15 +14,19 @@ Every stage is the documented command (``palix train`` with the ``experiments/ow
 3. **OWL-ST**: ``palix owl captions`` (once: captioned canvases of their own seed, as PNG files),
    ``palix owl queries`` (caption n-grams), ``palix owl label`` (the base detector's pseudo-boxes,
    COCO file), then ``palix train`` on them (``owl_self_train.gin``: token dropping 50%, top-24
-   instance selection);
+   instance selection), once per ``--self_train_seeds`` (the same base detector and pseudo-boxes;
+   the seed draws the batches, mosaics, negative queries and dropped tokens), so the effect of
+   self-training is measured against the spread of self-training alone;
 4. **fine-tune + ensemble**: the self-trained detector fine-tuned on the human (seen) boxes, and
    the 50/50 weight-space average of the two.
 
-Each detector is evaluated by ``palix eval`` (``runs/eval_detection.gin``) on the 500 held-out ``shapes_detection`` test
-canvases (sprites of the test splits, never trained on): every image queried with all 13 class
-names, COCO mAP by pycocotools over all, seen and unseen classes. The pseudo-boxes are also
-scored against the captioned canvases' true boxes (which OWL-ST never reads). CPU time is each
-process's user + system time. Finished stages in ``--work_dir`` are reused (delete to rerun).
+Each detector is evaluated by ``palix eval`` (``runs/eval_detection.gin``) on the 500 held-out
+``shapes_detection`` test canvases (sprites of the test splits, never trained on): every image
+queried with all 13 class names, COCO mAP by pycocotools over all, seen and unseen classes. The
+pseudo-boxes are also scored against the captioned canvases' true boxes (which OWL-ST never
+reads), and the base and self-trained detectors get ``token_diagnostics`` (box placement vs class
+choice). CPU time is each process's user + system time. Finished stages in ``--work_dir`` are
+reused (delete to rerun).
 """
 
 import argparse
@@ -37,7 +42,8 @@ from typing import Dict, List
 
 import numpy as np
 
-MODEL = ("--gin_file=models/owl/owl_tiny.gin",)
+MODEL_GIN = "models/owl/owl_tiny.gin"
+MODEL = (f"--gin_file={MODEL_GIN}",)
 IMAGE_TEXT = ("--gin_file=models/owl/image_text_tiny.gin",)
 UNSEEN = ("ankle boot", "bag", "triangle", "trouser")
 STAGES = ("base", "self_trained", "finetuned", "ensemble")
@@ -82,10 +88,12 @@ class Seed:
       json.dump(result, f, indent=1)
     return result
 
-  def train(self, folder: str, gin_files, experiment: str, steps: int, bindings=()) -> float:
+  def train(self, folder: str, gin_files, experiment: str, steps: int, bindings=(),
+            seed=None) -> float:
     command = ["train", *gin_files, "--gin_file=runs/pretrain.gin",
                f"--gin_file=experiments/{experiment}", f"--gin.MODEL_DIR='{folder}/run'",
-               f"--gin.TRAIN_STEPS={steps}", f"--gin.SEED={self.seed}",
+               f"--gin.TRAIN_STEPS={steps}",
+               f"--gin.SEED={self.seed if seed is None else seed}",
                "--gin.trainer.train.progress_bar=False", *bindings]
     return run(command, os.path.join(folder, "train.log"))
 
@@ -141,8 +149,13 @@ def pseudo_label_quality(annotations: str, captions: str) -> dict:
           "unseen_recall_50": unseen_found / max(unseen_total, 1)}
 
 
-def one_seed(work_dir: str, seed: int, steps: Dict[str, int], captions: str, queries: str
-             ) -> dict:
+def self_train_stage(seed: int, self_seed: int) -> str:
+  """The first self-training seed keeps the plain name (its folder predates the others)."""
+  return "self_trained" if self_seed == seed else f"self_trained_seed{self_seed}"
+
+
+def one_seed(work_dir: str, seed: int, steps: Dict[str, int], captions: str, queries: str,
+             self_train_seeds: List[int], finetune: bool = True) -> dict:
   s = Seed(work_dir, seed, steps)
   out = {"seed": seed}
 
@@ -172,13 +185,21 @@ def one_seed(work_dir: str, seed: int, steps: Dict[str, int], captions: str, que
 
   out["pseudo_labels"] = s.stage("pseudo_labels", pseudo)
 
-  def self_trained(folder):
-    cpu = s.train(folder, MODEL, "owl_self_train.gin", steps["self_train"],
-                  [f"--gin.PSEUDO_LABELS='{s.dir}/pseudo_labels/annotations.json'",
-                   f"--gin.INITIAL_DETECTOR='{s.dir}/base/run'"])
-    return {"train_cpu_s": round(cpu, 1), **s.evaluate(folder, f"{folder}/run")}
+  def self_trained(self_seed):
+    def stage(folder):
+      cpu = s.train(folder, MODEL, "owl_self_train.gin", steps["self_train"],
+                    [f"--gin.PSEUDO_LABELS='{s.dir}/pseudo_labels/annotations.json'",
+                     f"--gin.INITIAL_DETECTOR='{s.dir}/base/run'"], seed=self_seed)
+      return {"train_cpu_s": round(cpu, 1), "self_train_seed": self_seed,
+              **s.evaluate(folder, f"{folder}/run")}
+    return stage
 
-  out["self_trained"] = s.stage("self_trained", self_trained)
+  out["self_trained_runs"] = [
+      {"self_train_seed": k, **s.stage(self_train_stage(seed, k), self_trained(k))}
+      for k in [seed] + [k for k in self_train_seeds if k != seed]]
+  out["self_trained"] = out["self_trained_runs"][0]
+  if not finetune:
+    return out
 
   def finetuned(folder):
     cpu = s.train(folder, MODEL, "owl_finetune.gin", steps["finetune"],
@@ -209,39 +230,99 @@ def shared_captions(work_dir: str, num_images: int) -> tuple:
   return captions, queries
 
 
+def stage_runs(result: dict) -> List[tuple]:
+  """``(stage, self-training seed, its results)`` of one base seed: every self-training run."""
+  rows = [("base", None, result["base"])]
+  rows += [("self_trained", r["self_train_seed"], r) for r in result["self_trained_runs"]]
+  rows += [(stage, None, result[stage]) for stage in ("finetuned", "ensemble") if stage in result]
+  return rows
+
+
 def summarize(results: List[dict]) -> dict:
   def spread(values):
     return {"mean": statistics.mean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+            "n": len(values), "values": values}
 
   table = {}
   for stage in STAGES:
-    table[stage] = {group: spread([r[stage][group]["mAP_50"] for r in results])
-                    for group in ("all", "seen", "unseen")}
+    runs = [run for r in results for name, _, run in stage_runs(r) if name == stage]
+    if runs:
+      table[stage] = {group: spread([run[group]["mAP_50"] for run in runs])
+                      for group in ("all", "seen", "unseen")}
   cpu = {"image_text": spread([r["image_text"]["train_cpu_s"] / 60 for r in results]),
          "detector": spread([r["base"]["train_cpu_s"] / 60 for r in results]),
          "label": spread([r["pseudo_labels"]["label_cpu_s"] / 60 for r in results]),
-         "self_train": spread([r["self_trained"]["train_cpu_s"] / 60 for r in results]),
-         "finetune": spread([r["finetuned"]["train_cpu_s"] / 60 for r in results])}
+         "self_train": spread([run["train_cpu_s"] / 60 for r in results
+                               for run in r["self_trained_runs"]])}
+  if all("finetuned" in r for r in results):
+    cpu["finetune"] = spread([r["finetuned"]["train_cpu_s"] / 60 for r in results])
   zero_shot = spread([r["image_text"]["zero_shot_accuracy"] for r in results])
   pseudo = {k: spread([r["pseudo_labels"]["quality"][k] for r in results])
             for k in ("precision_50", "unseen_recall_50")}
-  gain = [r["self_trained"]["unseen"]["mAP_50"] - r["base"]["unseen"]["mAP_50"]
-          for r in results]
+  # Each self-training run against the base detector it started from.
+  gain = {group: spread([run[group]["mAP_50"] - r["base"][group]["mAP_50"] for r in results
+                         for run in r["self_trained_runs"]]) for group in ("seen", "unseen")}
   return {"mAP_50": table, "cpu_minutes": cpu, "zero_shot_accuracy": zero_shot,
-          "pseudo_labels": pseudo, "unseen_gain_self_training": spread(gain)}
+          "pseudo_labels": pseudo, "unseen_gain_self_training": gain["unseen"],
+          "seen_change_self_training": gain["seen"]}
 
 
 def write_csv(path: str, results: List[dict]) -> None:
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["seed", "stage", "group", "mAP_50", "mAP", "train_cpu_s"])
+    writer.writerow(["seed", "stage", "self_train_seed", "group", "mAP_50", "mAP",
+                     "train_cpu_s"])
     for r in results:
-      for stage in STAGES:
+      for stage, self_seed, run in stage_runs(r):
         for group in ("all", "seen", "unseen"):
-          writer.writerow([r["seed"], stage, group, round(r[stage][group]["mAP_50"], 4),
-                           round(r[stage][group]["mAP"], 4), r[stage].get("train_cpu_s", "")])
+          writer.writerow([r["seed"], stage, "" if self_seed is None else self_seed, group,
+                           round(run[group]["mAP_50"], 4), round(run[group]["mAP"], 4),
+                           run.get("train_cpu_s", "")])
+
+
+def token_diagnostics(checkpoint: str, num_images: int = 100) -> dict:
+  """Where a detector fails, on the first ``num_images`` held-out canvases queried with all 13
+  class names: for each true object the token whose box overlaps it most ("best token"), its
+  IoU, whether its highest-scoring class is the object's class (overall and per class), the
+  score of the true class there, and how many tokens have higher objectness."""
+  # pylint: disable=g-import-not-at-top
+  import gin
+  from palix import detect
+  from palix.owl_st import pseudo_labels
+  from palix.tasks import box_batches
+  from palix.tasks import box_tasks
+  gin.clear_config()
+  detector = detect.Detector.from_checkpoint([MODEL_GIN], checkpoint)
+  names = list(box_tasks.ALL_CLASSES)
+  tokens = detector.tokenizer.encode(names, detector.model.max_queries,
+                                     pad_to=detector.model.max_queries)
+  source = box_tasks.get_box_task("shapes_detection").source
+  ious, right, true_scores, ranks = [], [], [], []
+  per_class = {name: [] for name in names}
+  for index in range(num_images):
+    example = source.example("test", index)
+    pixels = box_batches.resize(example.image, detector.model.image_size)
+    out = detector.model.detect(detector.params, pixels.astype(np.float32)[None] / 127.5 - 1,
+                                tokens[None])
+    boxes, scores, objectness = (np.asarray(out[k])[0] for k in ("boxes", "scores",
+                                                                 "objectness"))
+    for box, label in zip(example.boxes.tolist(), example.labels):
+      overlap = np.array([pseudo_labels.box_iou(tuple(box), tuple(b)) for b in boxes])
+      best, k = int(np.argmax(overlap)), names.index(label)
+      ious.append(overlap[best])
+      right.append(int(np.argmax(scores[best, :len(names)]) == k))
+      per_class[label].append(right[-1])
+      true_scores.append(float(scores[best, k]))
+      ranks.append(int((objectness > objectness[best]).sum()))
+  ious = np.array(ious)
+  return {"images": num_images, "objects": len(ious),
+          "best_token_iou_mean": float(ious.mean()),
+          "best_token_iou_at_least_0.5": float((ious >= 0.5).mean()),
+          "class_top1_at_best_token": float(np.mean(right)),
+          "class_top1_by_class": {k: float(np.mean(v)) for k, v in per_class.items() if v},
+          "true_class_score_median": float(np.median(true_scores)),
+          "objectness_rank_median": float(np.median(ranks))}
 
 
 def draw_unseen(path: str, work_dir: str, seed: int, num_images: int = 6) -> None:
@@ -259,7 +340,7 @@ def draw_unseen(path: str, work_dir: str, seed: int, num_images: int = 6) -> Non
   rows = []
   for stage in ("base", "self_trained"):
     gin.clear_config()
-    detector = detect.Detector.from_checkpoint(["models/owl/owl_tiny.gin"],
+    detector = detect.Detector.from_checkpoint([MODEL_GIN],
                                                os.path.join(work_dir, f"seed{seed}", stage, "run"))
     tiles = []
     for index in chosen:
@@ -288,10 +369,14 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--work_dir", default="/tmp/owl_experiment")
   parser.add_argument("--image_text_steps", type=int, default=800)
-  parser.add_argument("--detector_steps", type=int, default=1200)
+  parser.add_argument("--detector_steps", type=int, default=800)
   parser.add_argument("--self_train_steps", type=int, default=400)
   parser.add_argument("--finetune_steps", type=int, default=150)
   parser.add_argument("--captioned_images", type=int, default=2000)
+  parser.add_argument("--self_train_seeds", default="",
+                      help="more self-training runs per base seed (default: its own seed only)")
+  parser.add_argument("--no_finetune", action="store_true",
+                      help="stop after self-training (no fine-tuning, no ensemble)")
   parser.add_argument("--json", default="docs/results/owl.json")
   parser.add_argument("--csv", default="docs/results/owl.csv")
   parser.add_argument("--png", default="docs/img/owl.png")
@@ -299,12 +384,19 @@ def main(argv=None):
   steps = {"image_text": args.image_text_steps, "detector": args.detector_steps,
            "self_train": args.self_train_steps, "finetune": args.finetune_steps}
   captions, queries = shared_captions(args.work_dir, args.captioned_images)
+  self_train_seeds = [int(s) for s in args.self_train_seeds.split(",") if s]
   results = []
   for seed in [int(s) for s in args.seeds.split(",")]:
-    results.append(one_seed(args.work_dir, seed, steps, captions, queries))
-    print(json.dumps({"seed": seed, **{k: results[-1][k] for k in STAGES}}, default=float))
+    results.append(one_seed(args.work_dir, seed, steps, captions, queries, self_train_seeds,
+                            finetune=not args.no_finetune))
+    print(json.dumps({"seed": seed, **{k: results[-1][k] for k in STAGES if k in results[-1]}},
+                     default=float))
+  diagnostics = {f"seed{r['seed']}/{stage}": token_diagnostics(
+      os.path.join(args.work_dir, f"seed{r['seed']}", stage, "run"))
+                 for r in results for stage in ("base", "self_trained")}
   summary = {"steps": steps, "captioned_images": args.captioned_images,
-             "seeds": [r["seed"] for r in results], **summarize(results), "runs": results}
+             "seeds": [r["seed"] for r in results], **summarize(results),
+             "diagnostics": diagnostics, "runs": results}
   for path in (args.json, args.csv, args.png):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(args.json, "w") as f:
@@ -312,7 +404,8 @@ def main(argv=None):
   write_csv(args.csv, results)
   draw_unseen(args.png, args.work_dir, results[0]["seed"])
   print(json.dumps({k: summary[k] for k in ("mAP_50", "cpu_minutes", "zero_shot_accuracy",
-                                            "pseudo_labels", "unseen_gain_self_training")},
+                                            "pseudo_labels", "unseen_gain_self_training",
+                                            "seen_change_self_training")},
                    indent=1, default=float))
 
 
