@@ -1,20 +1,30 @@
 """GPU benchmarks of palix, to run side by side with the peers in one device call.
 
-Measures (bf16 compute, fp32 params, random weights):
-  * ViT-L/16 at 224 px, one AdamW train step, batch 256: images/s and model TFLOP/s
+Measures (bf16 compute, random weights, compile excluded):
+  * ViT-L/16 at 224 px, one AdamW train step, batch 256 (fp32 params): images/s and model TFLOP/s
     (3 x forward matmul FLOPs, counted by ``palix.model_stats``), for the classic block and for the
     ViT-22B parallel block; attention through ``jax.nn.dot_product_attention`` (cuDNN).
   * T5-v1.1-large shape (d 1024, 24+24 layers, ff 2816), greedy decoding with the KV cache,
-    batch 64, 256 input tokens, 64 forced new tokens: tokens/s.
+    batch 64, 256 input tokens, 64 forced new tokens: tokens/s, with fp32 and with bf16 params.
+  * PaLI-X at the PaliGemma-3B shape (:func:`paligemma_shape_model`), greedy through
+    ``PaliXModel.predict_batch_with_aux``, batch 16, one 224 px image (256 tokens) + 8 prompt
+    tokens, 64 forced new tokens, bf16 params built on the device (:func:`init_on_device`).
+  * The card's copy bandwidth (``membw``), the ceiling of the decoding rows.
+Decoding rows also report ``decode_step_ms`` (generation minus the prefill, per step) and
+``bytes_per_step`` (decoder weights, output projection and the whole cache: the least a step
+reads), from which ``eval/perf/gpu_table.py`` gets the fraction of the bandwidth limit.
 
-Usage (from the repository root; needs jax, flax, optax, gin-config):
-  python eval/perf/gpu_suite.py [--tiny] [--only vit,vit_parallel,t5]
+Usage (from the repository root, with it on PYTHONPATH; needs jax, flax, optax, gin-config):
+  python eval/perf/gpu_suite.py [--tiny] [--only vit,vit_parallel,t5,t5_bf16_params,paligemma,membw]
+  python eval/perf/gpu_suite.py --only paligemma_init [--abstract] [--unrolled]
 Prints one ``RESULT {json}`` line per measurement. Peers (timm, HF) are measured by the
 project's peer anchor (``shared/bench/peer_anchor.py`` of the shared workspace, not part of this
-repository) in a separate process of the same call (see docs/performance.md).
+repository) in a separate process of the same call: ``eval/perf/gpu_check.sh`` runs both and
+prints the ratio table (see docs/performance.md).
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -24,14 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from palix import decoding, model_stats
+from palix import decoding, model_stats, partitioning
+from palix.layers.mlp import gelu_tanh
 from palix.layers.pooling import GlobalAveragePool
+from palix.models.palix_model import PaliXConfig, PaliXModel
 from palix.models.t5 import T5Config, T5EncoderDecoder
 from palix.models.vit import ParallelBlock, ViT, ViTConfig
 
 
 def report(name, **values):
-  print("RESULT", json.dumps({"name": name, **values}), flush=True)
+  result = {"name": name, **values}
+  print("RESULT", json.dumps(result), flush=True)
+  return result
 
 
 def median_time(fn, iters):
@@ -96,52 +110,197 @@ def bench_vit(name, tiny, iters, **options):
          step_ms=1e3 * seconds, batch=batch, compile_s=compile_s)
 
 
-def bench_t5(tiny, iters):
+def tree_bytes(tree):
+  return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def decode_bytes_per_step(text_params, cache):
+  """The least a decode step reads: the decoder's weights, the output projection (the embedding
+  when tied) and the whole cache (attention reads every cache position under its mask). The token
+  embedding lookup reads one row per example and is left out when the logits are untied."""
+  logits = text_params.get("logits_dense", text_params["token_embedder"])
+  return tree_bytes(text_params["decoder"]) + tree_bytes(logits) + tree_bytes(cache)
+
+
+def bench_t5(tiny, iters, param_dtype="float32"):
+  common = dict(dtype="bfloat16", param_dtype=param_dtype)
   if tiny:
     cfg = T5Config(vocab_size=512, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
-                   num_encoder_layers=2, num_decoder_layers=2, dtype="bfloat16")
+                   num_encoder_layers=2, num_decoder_layers=2, **common)
     batch, in_len, new = 4, 16, 8
   else:
     cfg = T5Config(vocab_size=32128, emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816,
-                   num_encoder_layers=24, num_decoder_layers=24, dtype="bfloat16")
+                   num_encoder_layers=24, num_decoder_layers=24, **common)
     batch, in_len, new = 64, 256, 64
   module = T5EncoderDecoder(cfg)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, in_len), 2, cfg.vocab_size)
-  params = nn.meta.unbox(module.init(jax.random.PRNGKey(1), tokens[:, :4], tokens[:, :4])["params"])
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(1), tokens[:, :4],
+                                              tokens[:, :4])["params"])
 
-  @jax.jit
-  def generate(params, tokens):
+  def prefill(params, tokens):
     mask = tokens > 0
     encoded = module.apply({"params": params}, module.apply({"params": params}, tokens,
                                                              method=T5EncoderDecoder.embed),
                            mask, method=T5EncoderDecoder.encode)
-    cache = module.apply({"params": params}, encoded, mask, new,
-                         method=T5EncoderDecoder.init_decode_cache)
+    return module.apply({"params": params}, encoded, mask, new,
+                        method=T5EncoderDecoder.init_decode_cache)
 
+  @jax.jit
+  def generate(params, tokens):
     def tokens_to_logits(cache, toks, step):
       return module.apply({"params": params}, cache, toks, step,
                           method=T5EncoderDecoder.decode_step)
 
-    return decoding.greedy(tokens_to_logits, cache, batch_size=batch, max_decode_len=new,
-                           eos_id=-1).tokens
+    return decoding.greedy(tokens_to_logits, prefill(params, tokens), batch_size=batch,
+                           max_decode_len=new, eos_id=-1).tokens
 
   start = time.perf_counter()
   out = jax.block_until_ready(generate(params, tokens))
   compile_s = time.perf_counter() - start
   assert out.shape == (batch, new)
   seconds = median_time(lambda: generate(params, tokens), iters)
-  report("palix_t5_large_greedy_bf16", tokens_per_s=batch * new / seconds, s=seconds,
+  prefill_jit = jax.jit(prefill)
+  cache = jax.block_until_ready(prefill_jit(params, tokens))
+  prefill_s = median_time(lambda: prefill_jit(params, tokens), iters)
+  suffix = "" if param_dtype == "float32" else "_params_" + param_dtype
+  report("palix_t5_large_greedy_bf16" + suffix, tokens_per_s=batch * new / seconds, s=seconds,
+         prefill_s=prefill_s, decode_step_ms=1e3 * (seconds - prefill_s) / new,
+         bytes_per_step=decode_bytes_per_step(params, cache), param_dtype=param_dtype,
          batch=batch, in_len=in_len, new=new, compile_s=compile_s)
+
+
+def paligemma_shape_model(tiny=False, scan=True):
+  """``(PaliXModel, batch size)`` at the PaliGemma-3B shape, as close as PaLI-X's layout allows.
+
+  Vision: SigLIP So400m/14 at 224 px (width 1152, 27 layers, MLP 4304, 16 heads, tanh GELU,
+  learned positions), all 256 tokens projected to the text width. Text: Gemma-2B's widths (d 2048,
+  8 heads x 256, gated MLP 16384 with tanh GELU, vocabulary 257,216, tied embedding) in palix's
+  T5/UL2 encoder-decoder: the 256 image + 8 prompt tokens go through an 18-layer encoder (each
+  prefix token sees 18 layers, as in Gemma), answers through an 18-layer decoder with
+  cross-attention. What differs from Gemma: full multi-head K/V (Gemma-2B: one K/V head), a
+  cross-attention block per decoder layer, T5 relative position bias instead of RoPE, RMSNorm
+  without Gemma's (1 + w) scale, so about 5.5B parameters instead of 2.9B. bf16 compute and
+  parameters; ``scan`` stacks the layers (see docs/performance.md: compile time).
+  """
+  common = dict(dtype="bfloat16", param_dtype="bfloat16", scan=scan)
+  if tiny:
+    vit = ViTConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=14, image_size=56)
+    t5 = T5Config(vocab_size=1000, emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128,
+                  num_encoder_layers=2, num_decoder_layers=2)
+    batch = 2
+  else:
+    vit = ViTConfig(variant="So400m/14", image_size=224)
+    t5 = T5Config(vocab_size=257216, emb_dim=2048, num_heads=8, head_dim=256, mlp_dim=16384,
+                  num_encoder_layers=18, num_decoder_layers=18)
+    batch = 16
+  vit = dataclasses.replace(vit, mlp_activation=gelu_tanh, **common)
+  t5 = dataclasses.replace(t5, activation=gelu_tanh, logits_via_embedding=True, **common)
+  model = PaliXModel(PaliXConfig(vit=vit, t5=t5), image_size=vit.image_size, num_images=1,
+                     max_input_len=8, max_target_len=64 if not tiny else 8, eos_id=-1)
+  return model, batch
+
+
+def init_on_device(model, rng, partitioner=None, *, compile_only=False):
+  """``model``'s parameters from one jitted program that writes them, in the parameters' dtype,
+  straight into their sharded layout on the devices (``out_shardings`` from the logical axis
+  names); nothing is built on the host and nothing is copied.
+
+  Returns ``(params, timings)``: seconds of ``eval_shape``, lowering, compiling and running the
+  init. ``compile_only``: stop after compiling (``params`` is None), to measure a model too big
+  for this machine's memory.
+  """
+  partitioner = partitioner or partitioning.Partitioner()
+  timings = {}
+  start = time.perf_counter()
+  boxed = jax.eval_shape(model.get_initial_variables, rng)["params"]
+  timings["eval_shape_s"] = time.perf_counter() - start
+  shardings = partitioner.param_shardings(boxed)
+  init = jax.jit(lambda r: nn.meta.unbox(model.get_initial_variables(r)["params"]),
+                 out_shardings=shardings)
+  start = time.perf_counter()
+  lowered = init.lower(rng)
+  timings["lower_s"] = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  timings["compile_s"] = time.perf_counter() - start
+  if compile_only:
+    return None, timings
+  start = time.perf_counter()
+  params = jax.block_until_ready(compiled(rng))
+  timings["run_s"] = time.perf_counter() - start
+  return params, timings
+
+
+def paligemma_batch(model, batch, rng):
+  k1, k2 = jax.random.split(rng)
+  size = model.image_size
+  vocab = model.config.t5.vocab_size
+  return {"images": jax.random.normal(k1, (batch, 1, size, size, 3), jnp.float32),
+          "image_mask": jnp.ones((batch, 1), jnp.int32),
+          "encoder_input_tokens": jax.random.randint(k2, (batch, model.max_input_len), 2, vocab)}
+
+
+def bench_paligemma_init(tiny, scan, abstract):
+  model, _ = paligemma_shape_model(tiny, scan)
+  params, timings = init_on_device(model, jax.random.PRNGKey(0), compile_only=abstract)
+  shapes = nn.meta.unbox(jax.eval_shape(model.get_initial_variables, jax.random.PRNGKey(0)))
+  report("palix_paligemma_init" + ("_scan" if scan else "_unrolled"),
+         params=model_stats.count_params(shapes["params"]),
+         param_bytes=tree_bytes(shapes["params"]), executed=params is not None, **timings)
+
+
+def bench_paligemma(tiny, iters, scan=True):
+  """Returns ``(result, model, params, inputs, tokens)`` (the test checks them)."""
+  model, batch = paligemma_shape_model(tiny, scan)
+  new = model.max_target_len
+  params, timings = init_on_device(model, jax.random.PRNGKey(0))
+  inputs = paligemma_batch(model, batch, jax.random.PRNGKey(1))
+
+  def generate():
+    return model.predict_batch_with_aux(params, inputs, max_decode_len=new)[0]
+
+  start = time.perf_counter()
+  out = jax.block_until_ready(generate())
+  compile_s = time.perf_counter() - start
+  assert out.shape == (batch, new)
+  seconds = median_time(generate, iters)
+  prefill = jax.jit(lambda p, b: model.decoder_state(p, b, new)[0])
+  cache = jax.block_until_ready(prefill(params, inputs))
+  prefill_s = median_time(lambda: prefill(params, inputs), iters)
+  result = report("palix_paligemma3b_shape_greedy_bf16", tokens_per_s=batch * new / seconds, s=seconds,
+         prefill_s=prefill_s, decode_step_ms=1e3 * (seconds - prefill_s) / new,
+         bytes_per_step=decode_bytes_per_step(params["text"], cache),
+         params=model_stats.count_params(params), param_bytes=tree_bytes(params),
+         batch=batch, new=new, encoder_tokens=cache["encoder_mask"].shape[1],
+         compile_s=compile_s, init=timings)
+  return result, model, params, inputs, out
+
+
+def bench_membw(tiny, iters):
+  """Copy bandwidth (bytes read + written per second) of a large bf16 array."""
+  n = (1 << 20) if tiny else (1 << 31)  # 2 MiB or 4 GiB
+  x = jnp.ones((n,), jnp.bfloat16)
+  copy = jax.jit(lambda a: a + jnp.bfloat16(1))
+  jax.block_until_ready(copy(x))
+  seconds = median_time(lambda: copy(x), iters)
+  report("membw_copy", bytes_per_s=2 * x.nbytes / seconds, bytes=2 * x.nbytes)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true")
-  parser.add_argument("--only", default="vit,vit_parallel,t5")
+  parser.add_argument("--only", default="membw,vit,vit_parallel,t5,t5_bf16_params,paligemma")
   parser.add_argument("--iters", type=int, default=10)
+  parser.add_argument("--abstract", action="store_true",
+                      help="paligemma_init: lower and compile only, create no parameters")
+  parser.add_argument("--unrolled", action="store_true",
+                      help="paligemma, paligemma_init: unrolled layers instead of nn.scan")
   args = parser.parse_args()
   only = set(args.only.split(","))
   print("jax", jax.__version__, jax.devices(), flush=True)
+  report("suite", tiny=args.tiny, jax=jax.__version__, device=str(jax.devices()[0].device_kind))
+  if "membw" in only:
+    bench_membw(args.tiny, args.iters)
   if "vit" in only:
     bench_vit("palix_vit_l16_train_bf16", args.tiny, args.iters)
   if "vit_parallel" in only:
@@ -149,6 +308,12 @@ def main():
               block=ParallelBlock, qk_norm=True, qkv_bias=False, norm_bias=False)
   if "t5" in only:
     bench_t5(args.tiny, args.iters)
+  if "t5_bf16_params" in only:
+    bench_t5(args.tiny, args.iters, param_dtype="bfloat16")
+  if "paligemma_init" in only:
+    bench_paligemma_init(args.tiny, not args.unrolled, args.abstract)
+  if "paligemma" in only:
+    bench_paligemma(args.tiny, args.iters, scan=not args.unrolled)
 
 
 if __name__ == "__main__":
