@@ -289,7 +289,7 @@ def bench_membw(tiny, iters):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true")
-  parser.add_argument("--only", default="membw,vit,vit_parallel,t5,t5_bf16_params,paligemma")
+  parser.add_argument("--only", default="membw,paligemma,vit,vit_parallel,t5,t5_bf16_params")
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--abstract", action="store_true",
                       help="paligemma_init: lower and compile only, create no parameters")
@@ -301,6 +301,11 @@ def main():
   report("suite", tiny=args.tiny, jax=jax.__version__, device=str(jax.devices()[0].device_kind))
   if "membw" in only:
     bench_membw(args.tiny, args.iters)
+  # PaLI-X first: it is the row never measured on the card, so a call cut short still has it.
+  if "paligemma_init" in only:
+    bench_paligemma_init(args.tiny, not args.unrolled, args.abstract)
+  if "paligemma" in only:
+    bench_paligemma(args.tiny, args.iters, scan=not args.unrolled)
   if "vit" in only:
     bench_vit("palix_vit_l16_train_bf16", args.tiny, args.iters)
   if "vit_parallel" in only:
@@ -310,10 +315,6 @@ def main():
     bench_t5(args.tiny, args.iters)
   if "t5_bf16_params" in only:
     bench_t5(args.tiny, args.iters, param_dtype="bfloat16")
-  if "paligemma_init" in only:
-    bench_paligemma_init(args.tiny, not args.unrolled, args.abstract)
-  if "paligemma" in only:
-    bench_paligemma(args.tiny, args.iters, scan=not args.unrolled)
 
 
 if __name__ == "__main__":
