@@ -3,7 +3,8 @@
 Measures (bf16 compute, random weights, compile excluded):
   * ViT-L/16 at 224 px, one AdamW train step, batch 256 (fp32 params): images/s and model TFLOP/s
     (3 x forward matmul FLOPs, counted by ``palix.model_stats``), for the classic block and for the
-    ViT-22B parallel block; attention through ``jax.nn.dot_product_attention`` (cuDNN).
+    ViT-22B parallel block; attention through ``jax.nn.dot_product_attention`` (cuDNN). The
+    classic block's row also splits the step: forward, backward, optimizer, host gap.
   * T5-v1.1-large shape (d 1024, 24+24 layers, ff 2816), greedy decoding with the KV cache,
     batch 64, 256 input tokens, 64 forced new tokens: tokens/s, with fp32 and with bf16 params.
   * PaLI-X at the PaliGemma-3B shape (:func:`paligemma_shape_model`), greedy through
@@ -67,7 +68,10 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=jnp.bfloat16, name="head")(pooled)
 
 
-def bench_vit(name, tiny, iters, **options):
+def bench_vit(name, tiny, iters, breakdown=False, **options):
+  """``breakdown``: also time the forward pass alone, forward + backward, and ``iters`` steps
+  dispatched back to back (one sync at the end), giving the backward, optimizer and host-gap
+  (per-step sync and dispatch) shares of a step."""
   if tiny:
     cfg = ViTConfig(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=16, image_size=64,
                     **options)
@@ -84,11 +88,12 @@ def bench_vit(name, tiny, iters, **options):
   tx = optax.adamw(1e-4)
   opt_state = tx.init(params)
 
+  def loss_fn(p):
+    logits = model.apply({"params": p}, images).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
   @jax.jit
   def step(params, opt_state):
-    def loss_fn(p):
-      logits = model.apply({"params": p}, images).astype(jnp.float32)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -106,8 +111,21 @@ def bench_vit(name, tiny, iters, **options):
   fwd = model_stats.forward_flops(lambda p, x: model.apply({"params": p}, x),
                                   model_stats.abstract(params), jax.ShapeDtypeStruct(
                                       images.shape, images.dtype))
+  parts = {}
+  if breakdown:
+    forward, forward_backward = jax.jit(loss_fn), jax.jit(jax.grad(loss_fn))
+    for part, fn in (("forward_ms", forward), ("forward_backward_ms", forward_backward)):
+      jax.block_until_ready(fn(state[0]))
+      parts[part] = 1e3 * median_time(lambda: fn(state[0]), iters)
+    parts["optimizer_ms"] = 1e3 * seconds - parts["forward_backward_ms"]
+    start = time.perf_counter()
+    for _ in range(iters):
+      state[0], state[1] = step(state[0], state[1])
+    jax.block_until_ready(state[0])
+    parts["async_step_ms"] = 1e3 * (time.perf_counter() - start) / iters
+    parts["host_gap_ms"] = 1e3 * seconds - parts["async_step_ms"]
   report(name, images_per_s=batch / seconds, train_tflops=3 * fwd / seconds / 1e12,
-         step_ms=1e3 * seconds, batch=batch, compile_s=compile_s)
+         step_ms=1e3 * seconds, batch=batch, compile_s=compile_s, **parts)
 
 
 def tree_bytes(tree):
@@ -307,7 +325,7 @@ def main():
   if "paligemma" in only:
     bench_paligemma(args.tiny, args.iters, scan=not args.unrolled)
   if "vit" in only:
-    bench_vit("palix_vit_l16_train_bf16", args.tiny, args.iters)
+    bench_vit("palix_vit_l16_train_bf16", args.tiny, args.iters, breakdown=True)
   if "vit_parallel" in only:
     bench_vit("palix_vit_l16_parallel_qknorm_train_bf16", args.tiny, args.iters,
               block=ParallelBlock, qk_norm=True, qkv_bias=False, norm_bias=False)

@@ -54,6 +54,21 @@ def limits_note(result, matmul_tflops, bandwidth):
   return ""
 
 
+def step_breakdown(vit, matmul_tflops):
+  """Where the ViT-L step's time goes, from the suite's differential timings."""
+  step = vit["step_ms"]
+  backward = vit["forward_backward_ms"] - vit["forward_ms"]
+  text = (f"ViT-L/16 step {step:.1f} ms: forward {vit['forward_ms']:.1f} "
+          f"({vit['forward_ms'] / step:.0%}), backward {backward:.1f} ({backward / step:.0%}), "
+          f"optimizer update {vit['optimizer_ms']:.1f} ({vit['optimizer_ms'] / step:.0%}); "
+          f"back-to-back steps {vit['async_step_ms']:.1f} ms (host gap per synced step "
+          f"{vit['host_gap_ms']:.1f} ms)")
+  if matmul_tflops:
+    matmul_ms = step * vit["train_tflops"] / matmul_tflops
+    text += f"; the model's matmuls at the measured matmul rate would take {matmul_ms:.1f} ms"
+  return text
+
+
 def table(palix, peer, bandwidth):
   matmul = peer.get("jax_matmul_bf16", {}).get("tflops")
   lines = ["| workload | palix | peer | ratio | target | met | limits |",
@@ -74,6 +89,9 @@ def table(palix, peer, bandwidth):
   membw = palix.get("membw_copy", {}).get("bytes_per_s")
   suite = palix.get("suite", {})
   lines.append("")
+  vit = palix.get("palix_vit_l16_train_bf16", {})
+  if "forward_ms" in vit:
+    lines.append(step_breakdown(vit, matmul))
   lines.append(f"device: {suite.get('device', 'unknown')}, jax {suite.get('jax', 'unknown')}; "
                f"bandwidth limit used: {bandwidth / 1e12:.3g} TB/s; measured copy bandwidth: "
                + (f"{membw / 1e12:.3g} TB/s" if membw else "not measured")

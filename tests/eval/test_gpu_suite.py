@@ -75,7 +75,9 @@ def _log(tmp_path, name, results):
 
 def test_table_ratios_mfu_and_bandwidth_fraction(tmp_path):
   palix = _log(tmp_path, "palix.log", [
-      '{"name": "palix_vit_l16_train_bf16", "images_per_s": 1300, "train_tflops": 400}',
+      '{"name": "palix_vit_l16_train_bf16", "images_per_s": 1300, "train_tflops": 400,'
+      ' "step_ms": 200, "forward_ms": 60, "forward_backward_ms": 180, "optimizer_ms": 20,'
+      ' "async_step_ms": 198, "host_gap_ms": 2}',
       '{"name": "palix_t5_large_greedy_bf16", "tokens_per_s": 19000, "bytes_per_step": 2.4e9,'
       ' "decode_step_ms": 2.0}',
       '{"name": "membw_copy", "bytes_per_s": 4.3e12}'])
@@ -93,6 +95,9 @@ def test_table_ratios_mfu_and_bandwidth_fraction(tmp_path):
   assert "| 19.00x | >= 20x | no |" in t5 and "25% of bandwidth limit (0.50 ms floor" in t5
   pali = rows["PaLI-X at the PaliGemma-3B shape, B 16, 256+8 in, 64 new (tok/s)"]
   assert "missing (palix_paligemma3b_shape_greedy_bf16)" in pali and "not measured" in pali
+  # 400 of 800 TFLOP/s during a 200 ms step: the matmuls alone would take 100 ms
+  assert ("step 200.0 ms: forward 60.0 (30%), backward 120.0 (60%), optimizer update 20.0 (10%)"
+          in text and "would take 100.0 ms" in text)
   assert "measured copy bandwidth: 4.3 TB/s" in text and "TINY" not in text
 
 
