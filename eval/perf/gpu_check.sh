@@ -6,13 +6,16 @@
 #   PEER_ANCHOR: path of peer_anchor.py (the shared workspace's bench/peer_anchor.py, copied into a
 #   carried folder such as .bench/ first: files outside the repository do not travel).
 # Environment (all optional):
-#   PYTHON        interpreter (default python3; the device image's python3 has jax, flax, optax, torch)
+#   PYTHON        interpreter (default python3: on the device image it has jax, flax, optax, torch)
 #   LOGS          folder for the logs and the table (default $OUT if set, else /tmp/gpu_check)
 #   PALIX_ONLY    gpu_suite.py --only (default: all of its workloads)
-#   PEER_ONLY     peer_anchor.py --only (default matmul,torch_matmul,timm_vit,hf_t5,hf_paligemma)
+#   PEER_GROUPS   space-separated peer_anchor.py --only lists, each run as its own process in this
+#                 order (default "matmul,hf_paligemma torch_matmul,timm_vit,hf_t5": the PaliGemma
+#                 row, never measured beside palix, first)
 #   ITERS         timed repetitions in gpu_suite.py (default 5)
-#   PALIX_TIMEOUT, PEER_TIMEOUT  seconds for each part (default 300 and 260), so that a slow part
-#                 still leaves the other part and the table inside one 10-minute call.
+#   PALIX_TIMEOUT, PEER_TIMEOUT  seconds for palix's part and for all peer groups together (default
+#                 320 and 250), so that a slow part still leaves the rest and the table inside one
+#                 10-minute call.
 # gin-config is not on the device image: if `import gin` fails, the wheel in .whl/ (carried) is
 # installed into /tmp/site first.
 set -uo pipefail
@@ -60,16 +63,24 @@ only=()
 [[ -n ${PALIX_ONLY:-} ]] && only=(--only "$PALIX_ONLY")
 # No preallocation: the peers run in their own process afterwards, but this keeps the suite's
 # footprint honest when parts are run together.
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PALIX_TIMEOUT:-300}" \
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PALIX_TIMEOUT:-320}" \
   "$python" eval/perf/gpu_suite.py "${extra[@]}" "${only[@]}" --iters "${ITERS:-5}" 2>&1 \
   | tee "$logs/palix.log"
 echo "gpu_suite.py exit status ${PIPESTATUS[0]}"
 
-echo "== peer anchor $anchor"
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PEER_TIMEOUT:-260}" \
-  "$python" "$anchor" "${extra[@]}" --only "${PEER_ONLY:-matmul,torch_matmul,timm_vit,hf_t5,hf_paligemma}" \
-  2>&1 | tee "$logs/peer.log"
-echo "peer_anchor.py exit status ${PIPESTATUS[0]}"
+: >"$logs/peer.log"
+deadline=$((SECONDS + ${PEER_TIMEOUT:-250}))
+for group in ${PEER_GROUPS:-matmul,hf_paligemma torch_matmul,timm_vit,hf_t5}; do
+  left=$((deadline - SECONDS))
+  if ((left <= 0)); then
+    echo "gpu_check: no time left for peer group $group" | tee -a "$logs/peer.log"
+    continue
+  fi
+  echo "== peer anchor $anchor --only $group (${left}s left)"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$left" \
+    "$python" "$anchor" "${extra[@]}" --only "$group" 2>&1 | tee -a "$logs/peer.log"
+  echo "peer_anchor.py exit status ${PIPESTATUS[0]}"
+done
 
 echo "== ratio table"
 "$python" eval/perf/gpu_table.py "$logs/palix.log" "$logs/peer.log" | tee "$logs/table.md"

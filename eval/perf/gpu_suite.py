@@ -16,7 +16,7 @@ Decoding rows also report ``decode_step_ms`` (generation minus the prefill, per 
 reads), from which ``eval/perf/gpu_table.py`` gets the fraction of the bandwidth limit.
 
 Usage (from the repository root, with it on PYTHONPATH; needs jax, flax, optax, gin-config):
-  python eval/perf/gpu_suite.py [--tiny] [--only vit,vit_parallel,t5,t5_bf16_params,paligemma,membw]
+  python eval/perf/gpu_suite.py [--tiny] [--only membw,paligemma,vit,t5_bf16_params,t5,vit_parallel]
   python eval/perf/gpu_suite.py --only paligemma_init [--abstract] [--unrolled]
 Prints one ``RESULT {json}`` line per measurement. Peers (timm, HF) are measured by the
 project's peer anchor (``shared/bench/peer_anchor.py`` of the shared workspace, not part of this
@@ -285,12 +285,12 @@ def bench_paligemma(tiny, iters, scan=True):
   prefill = jax.jit(lambda p, b: model.decoder_state(p, b, new)[0])
   cache = jax.block_until_ready(prefill(params, inputs))
   prefill_s = median_time(lambda: prefill(params, inputs), iters)
-  result = report("palix_paligemma3b_shape_greedy_bf16", tokens_per_s=batch * new / seconds, s=seconds,
-         prefill_s=prefill_s, decode_step_ms=1e3 * (seconds - prefill_s) / new,
-         bytes_per_step=decode_bytes_per_step(params["text"], cache),
-         params=model_stats.count_params(params), param_bytes=tree_bytes(params),
-         batch=batch, new=new, encoder_tokens=cache["encoder_mask"].shape[1],
-         compile_s=compile_s, init=timings)
+  result = report(
+      "palix_paligemma3b_shape_greedy_bf16", tokens_per_s=batch * new / seconds, s=seconds,
+      prefill_s=prefill_s, decode_step_ms=1e3 * (seconds - prefill_s) / new,
+      bytes_per_step=decode_bytes_per_step(params["text"], cache),
+      params=model_stats.count_params(params), param_bytes=tree_bytes(params), batch=batch,
+      new=new, encoder_tokens=cache["encoder_mask"].shape[1], compile_s=compile_s, init=timings)
   return result, model, params, inputs, out
 
 
@@ -307,7 +307,7 @@ def bench_membw(tiny, iters):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true")
-  parser.add_argument("--only", default="membw,paligemma,vit,vit_parallel,t5,t5_bf16_params")
+  parser.add_argument("--only", default="membw,paligemma,vit,t5_bf16_params,t5,vit_parallel")
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--abstract", action="store_true",
                       help="paligemma_init: lower and compile only, create no parameters")
@@ -319,20 +319,20 @@ def main():
   report("suite", tiny=args.tiny, jax=jax.__version__, device=str(jax.devices()[0].device_kind))
   if "membw" in only:
     bench_membw(args.tiny, args.iters)
-  # PaLI-X first: it is the row never measured on the card, so a call cut short still has it.
+  # In order of need: PaLI-X was never measured on the card, so a call cut short still has it.
   if "paligemma_init" in only:
     bench_paligemma_init(args.tiny, not args.unrolled, args.abstract)
   if "paligemma" in only:
     bench_paligemma(args.tiny, args.iters, scan=not args.unrolled)
   if "vit" in only:
     bench_vit("palix_vit_l16_train_bf16", args.tiny, args.iters, breakdown=True)
+  if "t5_bf16_params" in only:
+    bench_t5(args.tiny, args.iters, param_dtype="bfloat16")
+  if "t5" in only:
+    bench_t5(args.tiny, args.iters)
   if "vit_parallel" in only:
     bench_vit("palix_vit_l16_parallel_qknorm_train_bf16", args.tiny, args.iters,
               block=ParallelBlock, qk_norm=True, qkv_bias=False, norm_bias=False)
-  if "t5" in only:
-    bench_t5(args.tiny, args.iters)
-  if "t5_bf16_params" in only:
-    bench_t5(args.tiny, args.iters, param_dtype="bfloat16")
 
 
 if __name__ == "__main__":
