@@ -13,11 +13,11 @@ folder). See docs/few_shot.md.
 
 import argparse
 import json
-import os
 from typing import List
 
 import gin
 
+from palix import image_records
 from palix.training import run_config
 
 
@@ -28,26 +28,9 @@ def job(fn=gin.REQUIRED):
 
 
 def read_examples(path: str) -> List[dict]:
-  """In-context examples from a JSONL file; errors name the file and line."""
-  if not os.path.isfile(path):
-    raise ValueError(f"--examples: {path}: file not found")
-  folder = os.path.dirname(os.path.abspath(path))
-  examples = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
-      missing = [k for k in ("image", "prompt", "answer")
-                 if not isinstance(record, dict) or not isinstance(record.get(k), str)]
-      if missing:
-        raise ValueError(f"{path}:{number}: needs string fields 'image', 'prompt' and 'answer'; "
-                         f"missing or not a string: {missing}")
-      examples.append(dict(record, image=os.path.join(folder, record["image"])))
-  return examples
+  """In-context examples (``image``, ``prompt``, ``answer``) from a JSONL file."""
+  fields = ("image", "prompt", "answer")
+  return image_records.read_image_records(path, fields, strings=fields, what="--examples")
 
 
 def run(argv):

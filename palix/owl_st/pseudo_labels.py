@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 
 from palix import generate
+from palix import image_records
 from palix.query_tokens import QueryTokenizer
 
 Box = Tuple[float, float, float, float]  # normalised (ymin, xmin, ymax, xmax)
@@ -48,30 +49,9 @@ class Thresholds:
 
 
 def read_jsonl(path: str, fields: Sequence[str]) -> List[dict]:
-  """Records of a JSONL file with ``fields``; ``image`` paths resolved against the file's
-  folder. Errors name the file and line."""
-  if not os.path.isfile(path):
-    raise ValueError(f"{path}: file not found")
-  folder = os.path.dirname(os.path.abspath(path))
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
-      missing = [k for k in fields if not isinstance(record, dict) or k not in record]
-      if missing:
-        raise ValueError(f"{path}:{number}: missing field(s) {missing}")
-      if not isinstance(record["image"], str):
-        raise ValueError(f"{path}:{number}: 'image' must be a path string")
-      records.append(dict(record, image=os.path.join(folder, record["image"]),
-                          where=f"{path}:{number}"))
-  if not records:
-    raise ValueError(f"{path}: no records")
-  return records
+  """Records of a JSONL file with ``fields`` (``palix.image_records``: ``image`` resolved against
+  the file's folder, ``where`` = ``'file:line'``)."""
+  return image_records.read_image_records(path, fields)
 
 
 def write_jsonl(path: str, records: Sequence[dict]) -> None:
