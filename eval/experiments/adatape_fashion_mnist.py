@@ -22,7 +22,6 @@ run (e.g. ``'AdaTapeConfig.ponder_loss_weight = 0.1'``), ``--name`` renames the 
 """
 
 import argparse
-import csv
 import os
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import scipy.stats
 
 from palix import config as palix_config
+from palix.eval.experiments import result_files
 from palix.models.classifier import ImageClassifier
 from palix.training import trainer
 
@@ -88,19 +88,6 @@ def test_per_image(model, params):
   return tuple(np.concatenate(x) for x in (labels, predictions, losses, tape))
 
 
-def write_csv(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def spread(values):
-  values = np.asarray(values, np.float64)
-  return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
-
-
 def plot(class_rows, difficulty_rows, path):
   """Tape tokens per class (mean over seeds, whiskers: spread) and per difficulty bin and seed."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -124,13 +111,7 @@ def plot(class_rows, difficulty_rows, path):
               title="AdaTape tape tokens against difficulty")
   ax_diff.legend(loc="center right")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
-
-
-def read_csv(path):
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
+  result_files.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -147,7 +128,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.plot:
     prefix = os.path.join(args.results, args.name)
-    plot(read_csv(f"{prefix}_classes.csv"), read_csv(f"{prefix}_difficulty.csv"),
+    plot(result_files.read_csv(f"{prefix}_classes.csv"), result_files.read_csv(f"{prefix}_difficulty.csv"),
          os.path.join(args.figures, f"{args.name}.png"))
     print(f"wrote {args.figures}/{args.name}.png")
     return
@@ -175,9 +156,9 @@ def main(argv=None):
     row = {"class": name}
     for arm in ARMS:
       acc = [np.mean(tests[(arm, s)][1][labels == c] == c) for s in args.seeds]
-      row[f"{arm}_accuracy"], row[f"{arm}_accuracy_spread"] = (round(v, 4) for v in spread(acc))
+      row[f"{arm}_accuracy"], row[f"{arm}_accuracy_spread"] = (round(v, 4) for v in result_files.mean_std(acc))
     used = [tests[("adatape", s)][3][labels == c].mean() for s in args.seeds]
-    row["tape_tokens_mean"], row["tape_tokens_spread"] = (round(v, 3) for v in spread(used))
+    row["tape_tokens_mean"], row["tape_tokens_spread"] = (round(v, 3) for v in result_files.mean_std(used))
     row["plain_loss_mean"] = round(float(difficulty[labels == c].mean()), 4)
     class_rows.append(row)
   for seed in args.seeds:
@@ -198,14 +179,14 @@ def main(argv=None):
   for r in runs:
     r.setdefault("spearman_tape_vs_plain_loss", "")
     r.setdefault("spearman_tape_vs_own_loss", "")
-  write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
-  write_csv(os.path.join(args.results, f"{args.name}_classes.csv"), class_rows)
-  write_csv(os.path.join(args.results, f"{args.name}_difficulty.csv"), difficulty_rows)
+  result_files.write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
+  result_files.write_csv(os.path.join(args.results, f"{args.name}_classes.csv"), class_rows)
+  result_files.write_csv(os.path.join(args.results, f"{args.name}_difficulty.csv"), difficulty_rows)
   plot(class_rows, difficulty_rows, os.path.join(args.figures, f"{args.name}.png"))
   for arm in ARMS:
     acc = [r["test_accuracy"] for r in runs if r["arm"] == arm]
     cpu = [r["train_cpu_s"] for r in runs if r["arm"] == arm]
-    mean, std = spread(acc)
+    mean, std = result_files.mean_std(acc)
     print(f"{arm}: test accuracy {mean:.4f} ± {std:.4f} over {len(acc)} seeds; "
           f"train CPU {np.mean(cpu):.0f} s per run")
   print(f"wrote {args.results}/{args.name}*.csv and {args.figures}/{args.name}.png")

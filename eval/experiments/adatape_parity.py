@@ -18,7 +18,6 @@ figure needs both arms).
 
 import argparse
 import collections
-import csv
 import json
 import os
 import tempfile
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from palix import config as palix_config
+from palix.eval.experiments import result_files
 from palix.tasks.sources.parity import ONE, PAD, parity_batches
 from palix.training import trainer
 
@@ -71,19 +71,6 @@ def test_predictions(model, params, lengths):
   return np.asarray(rows, np.int64)
 
 
-def write_csv(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def mean_and_std(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
-
-
 def plot(curves, runs, tape_rows, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -111,8 +98,7 @@ def plot(curves, runs, tape_rows, path):
               title="AdaTape: tape tokens per example")
   ax_tape.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  result_files.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -152,16 +138,16 @@ def main(argv=None):
                 "tape_tokens_mean": round(float(np.mean(u)), 3),
                 "tape_tokens_std": round(float(np.std(u)), 3)}
                for (n, k), u in sorted(tape.items())]
-  write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
-  write_csv(os.path.join(args.results, f"{args.name}_curves.csv"), curves)
+  result_files.write_csv(os.path.join(args.results, f"{args.name}.csv"), runs)
+  result_files.write_csv(os.path.join(args.results, f"{args.name}_curves.csv"), curves)
   if tape_rows:
-    write_csv(os.path.join(args.results, f"{args.name}_tape.csv"), tape_rows)
+    result_files.write_csv(os.path.join(args.results, f"{args.name}_tape.csv"), tape_rows)
   if set(args.arms) == set(ARMS):
     plot(curves, runs, tape_rows, os.path.join(args.figures, f"{args.name}.png"))
   for arm in args.arms:
     accs = [r["test_accuracy"] for r in runs if r["arm"] == arm]
     cpu = [r["train_cpu_s"] for r in runs if r["arm"] == arm]
-    print(f"{arm}: test accuracy {mean_and_std(accs)} over {len(accs)} seeds "
+    print(f"{arm}: test accuracy {result_files.mean_and_std(accs, 3)} over {len(accs)} seeds "
           f"(min {min(accs):.3f}, max {max(accs):.3f}); train CPU {np.mean(cpu):.0f} s per run")
   print(f"wrote {args.results}/{args.name}*.csv")
 

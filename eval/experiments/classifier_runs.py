@@ -13,7 +13,6 @@ import time
 from typing import Any, Dict, Optional
 
 import jax
-import numpy as np
 
 from palix.models.classifier import ClassifierModel
 from palix.training import optimizers
@@ -76,6 +75,3 @@ def test_metrics(model: ClassifierModel, params, *, task: str, batch_source, spl
   return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
 
 
-def mean_and_std(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from palix.eval.experiments import classifier_runs
+from palix.eval.experiments import result_files
 from palix.layers.patch import ConvPatchEmbed, DualPatchNormEmbed
 from palix.layers.pooling import GlobalAveragePool
 from palix.models.classifier import ClassifierConfig, ClassifierModel
@@ -72,8 +73,8 @@ def main(argv=None):
   for arm in ARMS:
     accuracy = [r["test_accuracy"] for r in rows if r["arm"] == arm]
     loss = [r["test_loss"] for r in rows if r["arm"] == arm]
-    print(f"{arm}: test accuracy {classifier_runs.mean_and_std(accuracy)}, "
-          f"test loss {classifier_runs.mean_and_std(loss)} ({len(accuracy)} seeds)")
+    print(f"{arm}: test accuracy {result_files.mean_and_std(accuracy)}, "
+          f"test loss {result_files.mean_and_std(loss)} ({len(accuracy)} seeds)")
   by_seed = {(r["arm"], r["seed"]): r["test_accuracy"] for r in rows}
   diffs = [by_seed[("dual_patchnorm", s)] - by_seed[("conv", s)] for s in args.seeds]
   print("per-seed accuracy difference (dual_patchnorm - conv): "

@@ -26,7 +26,6 @@ and draws ``docs/img/lora_easy_vqa.png``.
 """
 
 import argparse
-import csv
 import json
 import os
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 
 from palix import config as palix_config
 from palix import model_stats
+from palix.eval.experiments import result_files
 from palix.training import lora as lora_training
 from palix.training import trainer
 
@@ -138,39 +138,10 @@ def gin_learning_rate(arm: str) -> float:
     gin.clear_config()
 
 
-def read_csv(path):
-  """Rows of a CSV this script wrote, numbers as numbers (``[]`` if there is none)."""
-  if not os.path.exists(path):
-    return []
-  def number(value):
-    for kind in (int, float):
-      try:
-        return kind(value)
-      except ValueError:
-        pass
-    return value
-  with open(path, newline="") as f:
-    return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def settings(rows):
   """The (arm, peak learning rate) pairs of the rows, full fine-tuning first."""
   return sorted({(r["arm"], float(r["learning_rate"])) for r in rows},
                 key=lambda s: (list(ARMS).index(s[0]), -s[1]))
-
-
-def write_csv(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fields = list(dict.fromkeys(k for r in rows for k in r))
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def mean_and_std(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
 
 
 def plot(rows, curves, path):
@@ -200,8 +171,7 @@ def plot(rows, curves, path):
   ax_acc.set(xticks=range(len(arms)), xticklabels=names,
              ylabel="test VQA accuracy (%)", title="per seed, mean ± std")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  result_files.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -222,7 +192,8 @@ def main(argv=None):
   train_base(args.base)
   rows_csv = os.path.join(args.results, "lora_easy_vqa.csv")
   curves_csv = os.path.join(args.results, "lora_easy_vqa_curves.csv")
-  rows, curves = ([], []) if not args.append else (read_csv(rows_csv), read_csv(curves_csv))
+  rows, curves = ([], []) if not args.append else (result_files.read_csv(rows_csv),
+                                                    result_files.read_csv(curves_csv))
   for seed in args.seeds:
     for arm in args.arms:
       with tempfile.TemporaryDirectory() as model_dir:
@@ -231,12 +202,12 @@ def main(argv=None):
       rows.append(row)
       curves += curve
       print(row, flush=True)
-      write_csv(rows_csv, rows)
-      write_csv(curves_csv, curves)
+      result_files.write_csv(rows_csv, rows)
+      result_files.write_csv(curves_csv, curves)
   for arm, rate in settings(rows):
     ours = [r for r in rows if r["arm"] == arm and float(r["learning_rate"]) == rate]
     print(f"{arm}, learning rate {rate:g}: VQA accuracy "
-          f"{mean_and_std([r['vqa_accuracy'] for r in ours])} over seeds "
+          f"{result_files.mean_and_std([r['vqa_accuracy'] for r in ours], 2)} over seeds "
           f"{sorted(r['seed'] for r in ours)}")
   plot(rows, curves, args.figure)
 

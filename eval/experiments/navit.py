@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from palix.eval.experiments import classifier_runs
+from palix.eval.experiments import result_files
 from palix.layers.pooling import GlobalAveragePool
 from palix.layers.position import FactorizedPosEmb
 from palix.models.classifier import ClassifierConfig, ClassifierModel
@@ -150,13 +151,13 @@ def _summary(rows):
     accuracy = [float(r["test_accuracy"]) for r in members]
     tokens = np.mean([float(r["tokens_per_image"]) for r in members])
     print(f"{arm:9s} {name:14s} {side:>3s}: {tokens:5.1f} tokens/image, test accuracy "
-          f"{classifier_runs.mean_and_std(accuracy)} ({len(members)} seeds)")
+          f"{result_files.mean_and_std(accuracy)} ({len(members)} seeds)")
   for arm in ("navit", "square48", "pad64"):
     runs = {r["seed"]: r for r in rows if r["arm"] == arm}
     if runs:
       speed = [float(r["train_images_per_cpu_s"]) for r in runs.values()]
       cpu = [float(r["train_cpu_s"]) for r in runs.values()]
-      print(f"{arm}: training {classifier_runs.mean_and_std(speed)} images per CPU-second, "
+      print(f"{arm}: training {result_files.mean_and_std(speed)} images per CPU-second, "
             f"{np.mean(cpu):.0f} CPU-s per run")
 
 
