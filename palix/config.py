@@ -143,6 +143,17 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.finalize()
 
 
+
+def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()):
+  """The model that ``MODEL`` names in ``gin_files`` (and ``bindings``), built from a fresh gin
+  configuration that is cleared again afterwards (e.g. a run's ``config.gin``)."""
+  gin.clear_config()
+  try:
+    parse_gin(gin_files, bindings, finalize=False)
+    return gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+
 # The location gin appends to a parse error: '\n  In file "F", line N\n    TEXT' (or 'bindings
 # string line N'), then a caret line.
 _GIN_LOCATION = re.compile(

@@ -122,7 +122,6 @@ def _prepare_output(output: pathlib.Path, overwrite: bool, marker: str) -> None:
 def export_hf(source: pathlib.Path, output: pathlib.Path, tower, overwrite: bool):
   """Exports the T5 or ViT of the checkpoint in ``source`` (with its ``config.gin``); returns
   ``(kind, params)``."""
-  import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from palix import config as palix_config  # pylint: disable=g-import-not-at-top
@@ -132,12 +131,7 @@ def export_hf(source: pathlib.Path, output: pathlib.Path, tower, overwrite: bool
   if not gin_file.is_file():
     raise FileNotFoundError(f"{gin_file} not found: --to=hf reads a folder written by palix "
                             "convert or palix train (its config.gin defines MODEL)")
-  gin.clear_config()
-  try:
-    palix_config.parse_gin([str(gin_file)], finalize=False)
-    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  model = palix_config.model_from_gin([str(gin_file)])
   towers = hf_export.towers(model.config)
   if tower is None:
     if len(towers) > 1:

@@ -34,12 +34,7 @@ def _flat(tree):
 
 
 def _model_from_gin(path):
-  gin.clear_config()
-  try:
-    palix_config.parse_gin([str(path)], finalize=False)
-    return gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  return palix_config.model_from_gin([str(path)])
 
 
 @pytest.fixture(scope="module")
