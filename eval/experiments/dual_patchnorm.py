@@ -15,7 +15,6 @@ per-seed differences.
 """
 
 import argparse
-import csv
 import functools
 import os
 
@@ -65,11 +64,7 @@ def main(argv=None):
                    "test_loss": round(metrics["loss"], 5),
                    "train_cpu_s": round(run.cpu_seconds, 1)})
       print(rows[-1], flush=True)
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  result_files.write_csv(args.output, rows)
   for arm in ARMS:
     accuracy = [r["test_accuracy"] for r in rows if r["arm"] == arm]
     loss = [r["test_loss"] for r in rows if r["arm"] == arm]

@@ -25,7 +25,6 @@ system time.
 """
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -33,6 +32,8 @@ import statistics
 import subprocess
 import sys
 from typing import Dict, List
+
+from palix.eval.experiments import result_files
 
 MODEL_FILES = ("experiments/demo_model.gin",)
 TASK = "moving_shapes_vqa"
@@ -155,10 +156,7 @@ def main(argv=None):
           f"{s['direction_given_axis_sd']:.3f}  ({s['seeds']} seeds, {s['train_cpu_s']:.0f} "
           "CPU-s of training each)")
   if args.csv:
-    with open(args.csv, "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(results[0]))
-      writer.writeheader()
-      writer.writerows(results)
+    result_files.write_csv(args.csv, results)
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"summary": summary, "runs": results}, f, indent=1)
